@@ -1,0 +1,37 @@
+# The README's commands. Each creates .venv/ from scratch when it is missing or stale.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export ZENML_ANALYTICS_OPT_IN := false
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: run test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	rm -rf $(VENV)
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Train on the bundled data with the local default ZenML stack and export the model.
+run: $(STAMP)
+	$(VENV)/bin/tailseg run --config zenml.yaml
+
+## The default test suite (what .ci/run runs).
+test: $(STAMP)
+	$(PYTHON) -m pytest
+
+## Only the tests marked slow.
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tailseg steps pipelines tests benchmarks
+
+## All benchmarks; results as JSON in benchmarks/results/.
+bench: $(STAMP)
+	for script in benchmarks/bench_*.py; do $(PYTHON) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) exports .pytest_cache

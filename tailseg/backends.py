@@ -1,0 +1,120 @@
+"""Model backends behind one call: reflectance (N, H, W, 3) -> probability (N, H, W, 1).
+
+A model path is resolved by what it holds:
+- a SavedModel directory (saved_model.pb inside) -> TensorFlow;
+- a TF Serving model base path (integer version sub-directories) -> its latest version;
+- a file ending in .onnx -> ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from tailseg.errors import ModelFormatError
+from tailseg.export import INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE, existing_versions
+
+BackendName = Literal["tf", "onnx"]
+
+
+@dataclass
+class Predictor:
+    """A loaded model. predict takes float32 reflectance and returns probabilities."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    backend: str
+    path: Path
+    metadata: dict = field(default_factory=dict)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(np.asarray(images, dtype=np.float32))
+
+
+def resolve_saved_model(path: str | Path) -> Path:
+    """The SavedModel directory for a SavedModel path or a TF Serving base path (latest)."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = existing_versions(path)
+    for version in reversed(versions):
+        if (path / str(version) / "saved_model.pb").is_file():
+            return path / str(version)
+    raise ModelFormatError(
+        f"{path}: not a SavedModel (no saved_model.pb), a TF Serving base path (no integer "
+        "version directory with a SavedModel) or an .onnx file")
+
+
+def read_metadata(saved_model_dir: Path) -> dict:
+    """The tailseg metadata written beside the SavedModel at export, or {}."""
+    path = Path(saved_model_dir) / "assets.extra" / METADATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_tf(path: str | Path) -> Predictor:
+    import tensorflow as tf
+
+    directory = resolve_saved_model(path)
+    loaded = tf.saved_model.load(str(directory))
+    if SIGNATURE not in loaded.signatures:
+        raise ModelFormatError(f"{directory}: SavedModel has no {SIGNATURE!r} signature")
+    signature = loaded.signatures[SIGNATURE]
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+
+    predictor = Predictor(predict, "tf", directory, read_metadata(directory))
+    predictor.keepalive = loaded  # type: ignore[attr-defined]  # the signature needs it alive
+    return predictor
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> Predictor:
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: ONNX file not found")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own untyped errors
+        raise ModelFormatError(f"{path}: not a loadable ONNX model ({error})") from error
+    input_name = session.get_inputs()[0].name
+    output_names = [o.name for o in session.get_outputs()]
+    wanted = next((n for n in output_names if OUTPUT_NAME in n), output_names[0])
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return session.run([wanted], {input_name: images})[0]
+
+    metadata = {}
+    sibling = path.parent.parent.parent / "serving"  # exports/onnx/<name>/<v> -> exports/serving
+    candidate = sibling / path.parent.parent.name / path.parent.name
+    if candidate.is_dir():
+        metadata = read_metadata(candidate)
+    return Predictor(predict, "onnx", path, metadata)
+
+
+def load_predictor(path: str | Path, backend: BackendName | None = None) -> Predictor:
+    """Load a model path with the backend its contents call for (or the one given)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFormatError(f"{path}: model path not found")
+    if backend is None:
+        backend = "onnx" if path.suffix.lower() == ".onnx" else "tf"
+    match backend:
+        case "onnx":
+            if path.is_dir():
+                onnx_files = sorted(path.glob("*.onnx")) or sorted(path.glob("*/model.onnx"))
+                if not onnx_files:
+                    raise ModelFormatError(f"{path}: no .onnx file inside")
+                path = onnx_files[-1]
+            return load_onnx(path)
+        case "tf":
+            return load_tf(path)
+    raise ModelFormatError(f"unknown backend {backend!r}; use 'tf' or 'onnx'")

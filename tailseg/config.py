@@ -1,0 +1,134 @@
+"""Typed, strict configuration. Defaults live here; values come from zenml.yaml.
+
+Every model forbids unknown keys, so a typo in zenml.yaml fails loudly at the start of a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tailseg.constants import Convention
+from tailseg.errors import ConfigError
+
+LossName = Literal["bce", "dice", "bce_dice", "focal", "focal_dice"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    """Where the chips are and how they are split."""
+
+    data_dir: str = "data/tailings-br"
+    convention: Convention = "auto"
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 42
+    max_chips: int | None = Field(None, ge=3, description="Use only the first N chips (tests).")
+
+
+class ModelConfig(Strict):
+    """U-Net architecture. depth=2 with base_filters=64 is the seed's 10-conv U-Net."""
+
+    base_filters: int = Field(16, ge=1)
+    depth: int = Field(2, ge=1, le=5, description="Number of 2x down-sampling steps.")
+    batch_norm: bool = True
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width must be a multiple of this (the serving signature pads)."""
+        return 2**self.depth
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # Sized to train within the local run's time on 2 CPU cores.
+    "cpu": ModelConfig(),
+    # The seed's architecture: 10 3x3 conv layers, 64/128/256 filters. Meant for a GPU.
+    "seed": ModelConfig(base_filters=64, depth=2, batch_norm=False, dropout=0.0),
+}
+
+
+class TrainConfig(Strict):
+    """Optimisation, sampling and augmentation."""
+
+    epochs: int = Field(40, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="Default: one pass of crops.")
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    loss: LossName = "bce_dice"
+    crop_size: int = Field(256, ge=8, description="Random training crops; validation uses chips.")
+    positive_crop_fraction: float = Field(0.5, ge=0, le=1,
+                                          description="Share of crops centred on tailings.")
+    augment: bool = True
+    brightness: float = Field(0.1, ge=0, description="Max relative brightness jitter.")
+    contrast: float = Field(0.1, ge=0, description="Max relative contrast jitter.")
+    saturation: float = Field(0.1, ge=0, description="Max relative saturation jitter.")
+    early_stopping_patience: int = Field(12, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="Stop training after this time.")
+    seed: int = 42
+    verbose: int = Field(1, ge=0, le=2)
+
+
+class EvaluationConfig(Strict):
+    """Test-split evaluation."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    batch_size: int = Field(4, ge=1)
+
+
+class ExportConfig(Strict):
+    """Where exported versions go."""
+
+    export_dir: str = "exports"
+    model_name: str = Field("tailseg", pattern=r"^[A-Za-z0-9_.-]+$")
+    onnx_opset: int = Field(17, ge=13)
+
+
+class RunConfig(Strict):
+    """Everything a training run needs, as read from the parameters of zenml.yaml."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    model_preset: str | None = None
+    training: TrainConfig = TrainConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> RunConfig:
+        if self.model_preset is not None and self.model_preset not in MODEL_PRESETS:
+            raise ValueError(f"model_preset {self.model_preset!r} unknown; use one of "
+                             f"{sorted(MODEL_PRESETS)}")
+        return self
+
+    def resolved_model(self) -> ModelConfig:
+        """The model config, with a named preset taking precedence when given."""
+        return MODEL_PRESETS[self.model_preset] if self.model_preset else self.model
+
+
+def parse_config(values: dict[str, Any], source: str = "configuration") -> RunConfig:
+    """Validate a parameters mapping, with an error that names the source and the bad keys."""
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: invalid tailseg parameters:\n{error}") from error
+
+
+def load_run_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a ZenML run configuration file (zenml.yaml) as a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: run configuration not found")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return content

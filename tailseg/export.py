@@ -1,0 +1,130 @@
+"""Export of a trained model: SavedModel in TF Serving layout and ONNX, versioned, atomic.
+
+Serving contract (tested by reloading): signature "serving_default", input "image" float32
+[N, H, W, 3] top-of-atmosphere reflectance in band order B2, B3, B4, any H and W; output
+"probability" float32 [N, H, W, 1]. Inputs are padded inside the signature to the U-Net's
+multiple and cropped back, so callers never pad.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from tailseg.constants import BANDS
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probability"
+METADATA_FILE = "tailseg.json"  # inside assets.extra/, beside TF Serving's warm-up file
+
+
+def serving_function(model: keras.Model, multiple: int) -> tf.types.experimental.GenericFunction:
+    """A tf.function taking raw reflectance of any size and returning {"probability": ...}."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, len(BANDS)], tf.float32,
+                                                name=INPUT_NAME)])
+    def serve(image):
+        height, width = tf.shape(image)[1], tf.shape(image)[2]
+        # Non-negative operands only: tf2onnx maps FloorMod of negatives wrongly.
+        pad_h = (multiple - height % multiple) % multiple
+        pad_w = (multiple - width % multiple) % multiple
+        # Pad with each image's band means, which the normalisation maps to about zero.
+        mean = tf.reduce_mean(image, axis=[1, 2], keepdims=True)
+        padded = tf.pad(image - mean, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]) + mean
+        probability = model(padded, training=False)[:, :height, :width, :]
+        return {OUTPUT_NAME: tf.identity(probability, name=OUTPUT_NAME)}
+
+    return serve
+
+
+def write_saved_model(model: keras.Model, directory: str | Path, multiple: int,
+                      metadata: dict | None = None) -> Path:
+    """Write the serving SavedModel to directory (which must not exist yet)."""
+    directory = Path(directory)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, serving_function(model, multiple))
+    archive.write_out(str(directory), verbose=False)
+    extra = directory / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    (extra / METADATA_FILE).write_text(json.dumps(metadata or {}, indent=2, sort_keys=True))
+    return directory
+
+
+def write_onnx(saved_model_dir: str | Path, onnx_path: str | Path, opset: int) -> Path:
+    """Convert the SavedModel's serving signature to ONNX with tf2onnx in a subprocess."""
+    onnx_path = Path(onnx_path)
+    command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model_dir),
+               "--signature_def", SIGNATURE, "--opset", str(opset), "--output", str(onnx_path)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0 or not onnx_path.is_file():
+        raise RuntimeError(f"tf2onnx failed on {saved_model_dir}:\n{result.stderr[-3000:]}")
+    return onnx_path
+
+
+def existing_versions(base_path: str | Path) -> list[int]:
+    """Integer version sub-directories of a TF Serving model base path, ascending."""
+    base_path = Path(base_path)
+    if not base_path.is_dir():
+        return []
+    return sorted(int(p.name) for p in base_path.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(*base_paths: str | Path) -> int:
+    """One more than the largest version under any of the base paths (1 when none)."""
+    return 1 + max((v for base in base_paths for v in existing_versions(base)), default=0)
+
+
+@contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of final; rename it into place only if the block succeeds.
+
+    A crash or an error leaves no partial final directory. An existing final is never
+    overwritten.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        raise FileExistsError(f"{final}: version already exists; versions are never overwritten")
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    try:
+        yield staging
+        os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_model(model: keras.Model, export_dir: str | Path, model_name: str, multiple: int,
+                 opset: int = 17, metadata: dict | None = None) -> dict[str, str | int]:
+    """Export a new version: exports/serving/<name>/<v>/ and exports/onnx/<name>/<v>/model.onnx.
+
+    Returns:
+        {"version", "saved_model", "onnx"} with absolute paths.
+    """
+    export_dir = Path(export_dir).resolve()
+    serving_base = export_dir / "serving" / model_name
+    onnx_base = export_dir / "onnx" / model_name
+    version = next_version(serving_base, onnx_base)
+    metadata = {**(metadata or {}), "version": version, "model_name": model_name,
+                "input": INPUT_NAME, "output": OUTPUT_NAME, "bands": list(BANDS)}
+    saved_final, onnx_final = serving_base / str(version), onnx_base / str(version)
+    with staged_directory(saved_final) as saved_stage, staged_directory(onnx_final) as onnx_stage:
+        saved_model = saved_stage / "model"
+        write_saved_model(model, saved_model, multiple, metadata)
+        write_onnx(saved_model, onnx_stage / "model.onnx", opset)
+        for item in saved_model.iterdir():
+            item.rename(saved_stage / item.name)
+        saved_model.rmdir()
+    return {"version": version, "saved_model": str(saved_final),
+            "onnx": str(onnx_final / "model.onnx")}
