@@ -87,9 +87,145 @@ def _evaluate(args) -> int:
     return 0
 
 
+# --- serve -----------------------------------------------------------------------------------
+
+def _add_serve(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="Serve a TF Serving model base path over TF "
+                                                 "Serving's REST and gRPC APIs.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-base-path", help="Directory with integer version folders")
+    source.add_argument("--model-config-file", help="A models.config (model_config_list)")
+    parser.add_argument("--model-name", default="tailseg", help="With --model-base-path "
+                                                                "(default: %(default)s)")
+    parser.add_argument("--rest-port", type=int, default=8501, help="0: any free port "
+                                                                    "(default: %(default)s)")
+    parser.add_argument("--grpc-port", type=int, default=8500, help="0: any free port "
+                                                                    "(default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="Bind address (default: "
+                                                            "%(default)s; 0.0.0.0 exposes it)")
+    parser.add_argument("--max-request-bytes", type=int, default=64 * 2**20,
+                        help="Largest request accepted (default: %(default)s)")
+    parser.add_argument("--poll-seconds", type=float, default=2.0,
+                        help="How often new versions and config changes are looked for")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args) -> int:
+    from pydantic import ValidationError
+
+    from tailseg.errors import ConfigError
+    from tailseg.serving.server import ServeConfig, serve
+
+    try:
+        config = ServeConfig(
+            model_base_path=args.model_base_path, model_config_file=args.model_config_file,
+            model_name=args.model_name, host=args.host, rest_port=args.rest_port,
+            grpc_port=args.grpc_port, max_request_bytes=args.max_request_bytes,
+            poll_seconds=args.poll_seconds)
+    except ValidationError as error:
+        raise ConfigError(f"invalid serve options:\n{error}") from error
+    serve(config)
+    return 0
+
+
+# --- predict / change ------------------------------------------------------------------------
+
+def _add_predict_options(parser, model_required: bool = True) -> None:
+    parser.add_argument("--model", required=model_required, help="SavedModel dir, TF Serving base path "
+                        "(latest version), .onnx file, or a model server URL (--backend serving)")
+    parser.add_argument("--backend", choices=["tf", "onnx", "serving"], default=None,
+                        help="Default: from the model path (.onnx -> onnx, else tf)")
+    parser.add_argument("--window", type=int, default=1024, help="Window side (default: 1024)")
+    parser.add_argument("--overlap", type=int, default=128,
+                        help="Overlap of neighbouring windows (default: 128)")
+    parser.add_argument("--margin", type=int, default=32,
+                        help="Window border discarded where windows meet (default: 32)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="Windows per model call (default: from the backend)")
+    parser.add_argument("--convention", default="auto",
+                        help="Reflectance convention: auto, gdal, reflectance, dn, dn_offset")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="Decision threshold (default: the model's, else 0.5)")
+    parser.add_argument("--min-area-ha", type=float, default=0.0,
+                        help="Drop sites smaller than this (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bar")
+
+
+def _predict_config(args):
+    from pydantic import ValidationError
+
+    from tailseg.config import PredictConfig
+    from tailseg.errors import ConfigError
+
+    try:
+        return PredictConfig(window=args.window, overlap=args.overlap, margin=args.margin,
+                             batch_size=args.batch_size, convention=args.convention,
+                             threshold=args.threshold, min_area_ha=args.min_area_ha,
+                             overwrite=args.overwrite, progress=not args.no_progress)
+    except ValidationError as error:
+        raise ConfigError(f"invalid prediction options:\n{error}") from error
+
+
+def _add_predict(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="Map tailings over a whole scene: "
+                                   "probability and mask COGs, site polygons (GeoJSON).")
+    parser.add_argument("input", help="GeoTIFF with bands B2, B3, B4, any size and CRS")
+    parser.add_argument("--out", required=True, help="Output folder")
+    _add_predict_options(parser)
+    parser.set_defaults(handler=_predict)
+
+
+def _predict(args) -> int:
+    from tailseg.predict import run_prediction
+
+    result = run_prediction(args.input, args.model, args.out, args.backend, _predict_config(args))
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _add_change(subparsers) -> None:
+    parser = subparsers.add_parser("change", help="Compare the tailings of two dates: sites that "
+                                   "appeared, disappeared, grew or shrank.")
+    parser.add_argument("before", help="<stem>_tailings.geojson, or a scene GeoTIFF with --model")
+    parser.add_argument("after", help="<stem>_tailings.geojson, or a scene GeoTIFF with --model")
+    parser.add_argument("--out", required=True, help="Output folder")
+    parser.add_argument("--min-relative-change", type=float, default=0.1,
+                        help="Smaller relative area changes are 'unchanged' (default: 0.1)")
+    parser.add_argument("--min-change-ha", type=float, default=0.0,
+                        help="Smaller area changes in hectares are 'unchanged' (default: 0)")
+    _add_predict_options(parser, model_required=False)  # only scenes need a model
+    parser.set_defaults(handler=_change)
+
+
+def _change(args) -> int:
+    from tailseg.change import detect_change
+    from tailseg.config import ChangeConfig
+
+    out = Path(args.out)
+    sites = {}
+    for key in ("before", "after"):
+        path = Path(getattr(args, key))
+        if path.suffix.lower() in (".tif", ".tiff"):
+            if not args.model:
+                raise TailsegError(f"{path}: a scene needs --model to be predicted first")
+            from tailseg.predict import run_prediction
+
+            result = run_prediction(path, args.model, out / key, args.backend,
+                                    _predict_config(args))
+            path = Path(result.outputs["tailings"])
+        sites[key] = path
+    name = f"{Path(args.before).stem}_to_{Path(args.after).stem}_change.geojson"
+    config = ChangeConfig(min_relative_change=args.min_relative_change,
+                          min_change_ha=args.min_change_ha)
+    print(json.dumps(detect_change(sites["before"], sites["after"], out / name, config),
+                     indent=2))
+    return 0
+
+
 # --- registry --------------------------------------------------------------------------------
 
-COMMANDS: list[Callable] = [_add_run, _add_evaluate]
+COMMANDS: list[Callable] = [_add_run, _add_evaluate, _add_predict, _add_change, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

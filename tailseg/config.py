@@ -76,10 +76,39 @@ class TrainConfig(Strict):
 
 
 class EvaluationConfig(Strict):
-    """Test-split evaluation."""
+    """Test-split evaluation and the choice of the decision threshold."""
 
-    threshold: float = Field(0.5, gt=0, lt=1)
+    threshold: float | Literal["best_val_iou"] = Field(
+        "best_val_iou", description="A fixed threshold, or the one maximising validation IoU.")
+    sweep: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
     batch_size: int = Field(4, ge=1)
+    panels: int = Field(3, ge=0, description="Best and worst test chips shown in the panels.")
+
+
+class TuningConfig(Strict):
+    """Hyperparameter search (Optuna, TPE sampler, median pruning on validation IoU)."""
+
+    enabled: bool = False
+    n_trials: int = Field(6, ge=1)
+    timeout_minutes: float = Field(10.0, gt=0, description="Wall-time budget of the search.")
+    epochs_per_trial: int = Field(8, ge=1)
+    learning_rates: tuple[float, float] = (3e-4, 5e-3)
+    batch_sizes: list[int] = Field(default_factory=lambda: [4, 8, 16])
+    losses: list[LossName] = Field(default_factory=lambda: ["bce_dice"])
+    base_filters: list[int] = Field(default_factory=list,
+                                    description="Empty: keep the configured base filters.")
+    seed: int = 42
+
+
+class GateConfig(Strict):
+    """Release decision: absolute thresholds and comparison with the production model."""
+
+    min_iou: float = Field(0.3, ge=0, le=1)
+    min_f1: float = Field(0.0, ge=0, le=1)
+    min_recall: float = Field(0.0, ge=0, le=1)
+    max_regression: float = Field(0.02, ge=0, description="Allowed IoU drop vs production.")
+    min_improvement: float = Field(0.0, ge=0, description="Required IoU gain vs production.")
+    promote_to: Literal["staging", "production"] = "production"
 
 
 class ExportConfig(Strict):
@@ -90,6 +119,46 @@ class ExportConfig(Strict):
     onnx_opset: int = Field(17, ge=13)
 
 
+class PredictConfig(Strict):
+    """Whole-scene prediction: sliding windows, blending, outputs (see docs/prediction.md).
+
+    Neighbouring windows overlap by `overlap` pixels. Each window's outer `margin` pixels on a
+    side shared with a neighbour get weight 0 (the U-Net sees zero padding there), and the rest
+    of the overlap is blended with a smooth sin^2 ramp whose weights sum to one. With a margin at
+    least the U-Net's receptive-field radius (about 23 pixels at depth 2) and window offsets on
+    its pooling grid (multiples of 16), the blended map does not depend on the tiling.
+    """
+
+    window: int = Field(1024, ge=32, multiple_of=16, description="Window side in pixels.")
+    overlap: int = Field(128, ge=0, multiple_of=16, description="Overlap of neighbouring windows.")
+    margin: int = Field(32, ge=0, description="Window border pixels discarded where windows meet.")
+    batch_size: int | None = Field(None, ge=1, description="Windows per call; default from the "
+                                                            "backend (pixel budget per batch).")
+    convention: Convention = "auto"
+    threshold: float | None = Field(None, gt=0, lt=1, description="Default: the model's, else 0.5.")
+    connectivity: Literal[4, 8] = 4
+    min_area_ha: float = Field(0.0, ge=0, description="Drop smaller sites from the GeoJSON.")
+    overwrite: bool = False
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> PredictConfig:
+        if self.overlap >= self.window:
+            raise ValueError(f"overlap {self.overlap} must be smaller than window {self.window}")
+        if 2 * self.margin > self.overlap:
+            raise ValueError(f"margin {self.margin} must be at most half the overlap "
+                             f"{self.overlap}, or some pixels would get no weight")
+        return self
+
+
+class ChangeConfig(Strict):
+    """Comparison of the tailings sites of two dates."""
+
+    min_relative_change: float = Field(0.1, ge=0, description="Growth or shrinkage below this "
+                                                              "share of the area is 'unchanged'.")
+    min_change_ha: float = Field(0.0, ge=0, description="...and below this many hectares.")
+
+
 class RunConfig(Strict):
     """Everything a training run needs, as read from the parameters of zenml.yaml."""
 
@@ -98,6 +167,8 @@ class RunConfig(Strict):
     model_preset: str | None = None
     training: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    tuning: TuningConfig = TuningConfig()
+    gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")

@@ -39,3 +39,49 @@ class ModelFormatError(TailsegError, ValueError):
 
 class ConfigError(TailsegError, ValueError):
     """The run configuration is invalid."""
+
+
+class ParityError(TailsegError, ValueError):
+    """TensorFlow and ONNX Runtime outputs of an export differ beyond the tolerance."""
+
+
+class InfraValidationError(TailsegError, RuntimeError):
+    """An exported version failed to load or to answer its warm-up requests in a fresh process."""
+
+
+class ServingRequestError(TailsegError, ValueError):
+    """A serving request is invalid or names an unknown model, version or label.
+
+    `code` is the gRPC status name TF Serving would answer with (INVALID_ARGUMENT, NOT_FOUND, ...).
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
+        super().__init__(message)
+        self.code = code
+
+
+class ServingClientError(TailsegError, ConnectionError):
+    """A model server answered with an error or could not be reached after the retries.
+
+    `status` is the HTTP status or gRPC status name of the last answer (None: no answer).
+    """
+
+    def __init__(self, message: str, status: int | str | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class OutputExistsError(TailsegError, FileExistsError):
+    """An output file exists already and overwriting was not asked for."""
+
+
+class VectorReadError(TailsegError, ValueError):
+    """A GeoJSON file is missing, unreadable or not a FeatureCollection of polygons."""
+
+
+class ScheduleError(TailsegError, ValueError):
+    """A retraining schedule is invalid or the orchestrator cannot run on a schedule."""
+
+
+class StackConfigError(TailsegError, ValueError):
+    """A ZenML stack file under infra/zenml/ is invalid."""

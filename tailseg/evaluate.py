@@ -50,3 +50,21 @@ def evaluate_predictor(predict: PredictFn, chips: list[Chip], threshold: float =
                        batch_size: int = 4) -> dict:
     """predict_chips followed by evaluate_probabilities."""
     return evaluate_probabilities(chips, predict_chips(predict, chips, batch_size), threshold)
+
+
+def threshold_sweep(chips: list[Chip], probabilities: list[np.ndarray],
+                    thresholds: list[float]) -> list[dict]:
+    """Pooled metrics at each threshold (the precision-recall curve)."""
+    rows = []
+    for threshold in sorted(thresholds):
+        pooled = Counts()
+        for chip, probability in zip(chips, probabilities, strict=True):
+            pooled = pooled + confusion(chip.mask == 1, probability >= threshold)
+        rows.append({"threshold": float(threshold), **scores(pooled)})
+    return rows
+
+
+def best_threshold(sweep: list[dict], metric: str = "iou") -> float:
+    """The threshold with the highest metric; ties go to the one closest to 0.5."""
+    best = max(sweep, key=lambda row: (row[metric], -abs(row["threshold"] - 0.5)))
+    return float(best["threshold"])

@@ -49,8 +49,13 @@ def serving_function(model: keras.Model, multiple: int) -> tf.types.experimental
 
 
 def write_saved_model(model: keras.Model, directory: str | Path, multiple: int,
-                      metadata: dict | None = None) -> Path:
-    """Write the serving SavedModel to directory (which must not exist yet)."""
+                      metadata: dict | None = None,
+                      extra_assets: dict[str, str] | None = None) -> Path:
+    """Write the serving SavedModel to directory (which must not exist yet).
+
+    metadata goes to assets.extra/tailseg.json; extra_assets maps file names to text written
+    into assets.extra/ (e.g. the model card).
+    """
     directory = Path(directory)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -59,6 +64,8 @@ def write_saved_model(model: keras.Model, directory: str | Path, multiple: int,
     extra = directory / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / METADATA_FILE).write_text(json.dumps(metadata or {}, indent=2, sort_keys=True))
+    for name, text in (extra_assets or {}).items():
+        (extra / name).write_text(text)
     return directory
 
 
@@ -106,7 +113,8 @@ def staged_directory(final: Path) -> Iterator[Path]:
 
 
 def export_model(model: keras.Model, export_dir: str | Path, model_name: str, multiple: int,
-                 opset: int = 17, metadata: dict | None = None) -> dict[str, str | int]:
+                 opset: int = 17, metadata: dict | None = None,
+                 extra_assets: dict[str, str] | None = None) -> dict[str, str | int]:
     """Export a new version: exports/serving/<name>/<v>/ and exports/onnx/<name>/<v>/model.onnx.
 
     Returns:
@@ -121,7 +129,7 @@ def export_model(model: keras.Model, export_dir: str | Path, model_name: str, mu
     saved_final, onnx_final = serving_base / str(version), onnx_base / str(version)
     with staged_directory(saved_final) as saved_stage, staged_directory(onnx_final) as onnx_stage:
         saved_model = saved_stage / "model"
-        write_saved_model(model, saved_model, multiple, metadata)
+        write_saved_model(model, saved_model, multiple, metadata, extra_assets)
         write_onnx(saved_model, onnx_stage / "model.onnx", opset)
         for item in saved_model.iterdir():
             item.rename(saved_stage / item.name)

@@ -1,0 +1,113 @@
+"""Accelerator set-up for training: mixed precision and the tf.distribute strategy.
+
+The same code trains on a laptop CPU and on a GPU node of the cluster: with no GPU the policy
+stays float32 and the default strategy is used; with one GPU the model lives on it, with several
+a MirroredStrategy replicates it and the global batch grows with the replica count. Mixed
+precision (float16 compute, float32 variables, automatic loss scaling in Keras 3 `compile`) is
+turned on by default only for GPUs with tensor cores (compute capability 7.0 or higher).
+
+Usage in training (the policy must be set before the model is built)::
+
+    plan = plan_acceleration(config.mixed_precision)
+    with plan.strategy.scope():
+        model = build_unet(...)
+        compile_model(model, ...)
+    model.fit(dataset.batch(plan.global_batch_size(per_replica)), ...)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import keras
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+MixedPrecision = Literal["auto", "on", "off"]
+MIXED_POLICY = "mixed_float16"
+MIN_TENSOR_CORE_CAPABILITY = (7, 0)
+
+
+def gpu_devices() -> list[Any]:
+    """The physical GPUs TensorFlow sees (empty on CPU-only machines and CPU builds)."""
+    return tf.config.list_physical_devices("GPU")
+
+
+def _compute_capability(device: Any) -> tuple[int, int]:
+    details = tf.config.experimental.get_device_details(device)
+    return tuple(details.get("compute_capability") or (0, 0))
+
+
+def configure_precision(enabled: MixedPrecision | bool = "auto",
+                        gpus: list[Any] | None = None) -> str:
+    """Set Keras' global dtype policy and return its name.
+
+    Args:
+        enabled: "auto" (mixed only on tensor-core GPUs), "on"/True (mixed everywhere, also on
+            CPU where it is slow but numerically valid) or "off"/False (float32).
+        gpus: the GPUs to consider; default: those TensorFlow sees.
+    """
+    if enabled not in ("auto", "on", "off", True, False):
+        raise ValueError(f"mixed precision must be 'auto', 'on' or 'off', not {enabled!r}")
+    gpus = gpu_devices() if gpus is None else gpus
+    if enabled == "auto":
+        capable = [gpu for gpu in gpus if _compute_capability(gpu) >= MIN_TENSOR_CORE_CAPABILITY]
+        use_mixed = bool(gpus) and len(capable) == len(gpus)
+    else:
+        use_mixed = enabled in ("on", True)
+    policy = MIXED_POLICY if use_mixed else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    logger.info("dtype policy %s (%d GPU(s), mixed precision %s)", policy, len(gpus), enabled)
+    return policy
+
+
+def distribution_strategy(gpus: list[Any] | None = None) -> tf.distribute.Strategy:
+    """MirroredStrategy over several GPUs, OneDeviceStrategy on one, the default on CPU."""
+    gpus = gpu_devices() if gpus is None else gpus
+    if len(gpus) > 1:
+        names = [f"/gpu:{index}" for index in range(len(gpus))]
+        return tf.distribute.MirroredStrategy(devices=names)
+    if len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
+    return tf.distribute.get_strategy()
+
+
+def enable_memory_growth(gpus: list[Any] | None = None) -> None:
+    """Let TensorFlow take GPU memory as needed (several trials share a GPU while tuning)."""
+    for gpu in gpu_devices() if gpus is None else gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as error:  # GPUs already initialised: keep their setting.
+            logger.debug("memory growth unchanged on %s: %s", gpu, error)
+
+
+@dataclass(frozen=True)
+class AccelerationPlan:
+    """What training runs on: the strategy to build the model in and the dtype policy."""
+
+    strategy: tf.distribute.Strategy
+    policy: str
+    n_gpus: int
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    def global_batch_size(self, per_replica: int) -> int:
+        """The batch given to fit(): every replica gets per_replica examples."""
+        return per_replica * self.replicas
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy": type(self.strategy).__name__, "replicas": self.replicas,
+                "policy": self.policy, "gpus": self.n_gpus}
+
+
+def plan_acceleration(mixed_precision: MixedPrecision | bool = "auto",
+                      gpus: list[Any] | None = None) -> AccelerationPlan:
+    """Configure memory growth, the dtype policy and the strategy for the visible devices."""
+    gpus = gpu_devices() if gpus is None else gpus
+    enable_memory_growth(gpus)
+    policy = configure_precision(mixed_precision, gpus)
+    return AccelerationPlan(distribution_strategy(gpus), policy, len(gpus))

@@ -1,0 +1,66 @@
+"""A model card (markdown) for each exported version: data, split, hyperparameters, metrics,
+threshold and known limitations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+LIMITATIONS = """\
+- Trained on 99 Sentinel-2 L1C RGB median composites of 2021 (bands B2, B3, B4 only), 448 x 448
+  chips in Brazil. Other seasons, sensors, processing baselines or regions may fail silently;
+  published work reports large IoU drops under region shift.
+- Labels are partial: each chip labels one tailings site and leaves other tailings as background,
+  so precision is underestimated and the model may learn to miss some sites.
+- Tailings cover about 3 % of pixels: pixel accuracy is not informative; judge by IoU and F1.
+- Water bodies, bare soil and open-pit mines look alike in RGB; expect false positives there.
+- The decision threshold was chosen on the validation split; re-check it on new areas."""
+
+
+def _table(rows: dict) -> str:
+    lines = ["| key | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+              for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def render_model_card(name: str, version: int | str, config: dict, split: dict,
+                      metrics: dict, threshold: float, training: dict, decision: dict) -> str:
+    """Markdown model card. config: the resolved run configuration as a dict."""
+    sizes = {part: len(ids) for part, ids in split.items() if isinstance(ids, list)}
+    pooled = {k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")}
+    return f"""# Model card: {name} version {version}
+
+Generated {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")} by tailseg.
+
+## Intended use
+Mapping mining tailings (dams, ponds, spoil) in Sentinel-2 RGB top-of-atmosphere reflectance
+of Brazil, as a screening layer for analysts. Not a substitute for field inspection.
+
+## Model
+U-Net, input `image` float32 [N, H, W, 3] reflectance in band order B2, B3, B4 (normalised
+inside the model), output `probability` [N, H, W, 1].
+
+{_table(config.get("model", {}))}
+
+## Data and split
+Dataset `{config.get("data", {}).get("data_dir")}`; split seed {config.get("data", {}).get("seed")}.
+Chips per split: {sizes}. Test chips: {", ".join(split.get("test", []))}.
+
+## Training
+{_table({k: v for k, v in config.get("training", {}).items()
+         if k in ("epochs", "batch_size", "learning_rate", "loss", "crop_size")})}
+
+Epochs run: {training.get("epochs_run")}, best epoch: {training.get("best_epoch")},
+training time: {training.get("seconds", 0):.0f} s.
+
+## Test metrics (tailings class, pooled over all test pixels)
+Decision threshold: **{threshold:.2f}** (chosen on the validation split).
+
+{_table(pooled)}
+
+## Release decision
+Blessed: {decision.get("blessed")}. {" ".join(decision.get("reasons", []))}
+
+## Known limitations
+{LIMITATIONS}
+"""

@@ -1,0 +1,52 @@
+"""Publishing a blessed model: model card, versioned SavedModel/ONNX export, serving files."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tailseg.config import RunConfig
+from tailseg.model_card import render_model_card
+from tailseg.workflow import chips_for
+
+MODEL_CARD = "model_card.md"
+
+
+def publish_model(model: keras.Model, config: RunConfig, split: dict, metrics: dict,
+                  decision: dict, training: dict, zenml_version: str = "") -> tuple[dict, str]:
+    """Export a new version if the gate blessed the model.
+
+    Returns:
+        (info, model card markdown); info["exported"] is False with the reasons when rejected,
+        and nothing is written then.
+    """
+    from tailseg.export import next_version
+
+    export = config.export
+    serving_base = f"{export.export_dir}/serving/{export.model_name}"
+    onnx_base = f"{export.export_dir}/onnx/{export.model_name}"
+    version = next_version(serving_base, onnx_base)
+    card = render_model_card(export.model_name, version if decision["blessed"] else "(rejected)",
+                             {**config.model_dump(mode="json"),
+                              "model": training.get("model", {}),
+                              "training": training.get("training", {})},
+                             split, metrics, metrics["threshold"], training, decision)
+    if not decision["blessed"]:
+        return {"exported": False, "reasons": decision["reasons"]}, card
+    pooled = {k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")}
+    metadata = {"threshold": metrics["threshold"], "test_metrics": pooled,
+                "zenml_model_version": zenml_version}
+    sample = np.stack([c.image for c in chips_for(config, split["test"][:2])])
+    info = _export(model, config, sample, metadata, {MODEL_CARD: card})
+    return {"exported": True, **info}, card
+
+
+def _export(model, config: RunConfig, sample: np.ndarray, metadata: dict,
+            extra_assets: dict[str, str]) -> dict:
+    """The full serving export when available, else the plain SavedModel + ONNX export."""
+    from tailseg.export import export_model
+
+    export = config.export
+    return export_model(model, export.export_dir, export.model_name,
+                        config.resolved_model().multiple, export.onnx_opset, metadata,
+                        extra_assets)

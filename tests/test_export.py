@@ -1,0 +1,81 @@
+"""The serving contract, reloaded: signature names, dtypes, any size, TF == ONNX, versions."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tailseg.backends import load_predictor, resolve_saved_model
+from tailseg.config import ModelConfig
+from tailseg.errors import ModelFormatError
+from tailseg.export import export_model, staged_directory
+from tailseg.model import build_unet
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    model = build_unet(ModelConfig(base_filters=2, dropout=0), np.full(3, 0.1), np.full(3, 0.05))
+    first = export_model(model, root, "tailseg", 4, metadata={"threshold": 0.4},
+                         extra_assets={"model_card.md": "# card"})
+    second = export_model(model, root, "tailseg", 4)
+    return model, root, first, second
+
+
+def test_signature_contract(exported):
+    _, _, first, _ = exported
+    signature = tf.saved_model.load(first["saved_model"]).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    assert list(inputs) == ["image"]
+    assert inputs["image"].dtype == tf.float32 and inputs["image"].shape.as_list() == [
+        None, None, None, 3]
+    outputs = signature.structured_outputs
+    assert list(outputs) == ["probability"] and outputs["probability"].dtype == tf.float32
+
+
+@pytest.mark.parametrize("size", [(1, 1), (37, 50), (64, 64)])
+def test_any_size_and_tf_equals_onnx_equals_keras(exported, size):
+    model, _, first, _ = exported
+    x = np.random.default_rng(1).uniform(0.02, 0.4, (2, *size, 3)).astype(np.float32)
+    tf_out = load_predictor(first["saved_model"])(x)
+    onnx_out = load_predictor(first["onnx"])(x)
+    assert tf_out.shape == (2, *size, 1)
+    assert np.abs(tf_out - onnx_out).max() < 1e-4
+    if size == (64, 64):
+        np.testing.assert_allclose(tf_out, model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_versions_increase_and_metadata_travels(exported):
+    _, root, first, second = exported
+    assert (first["version"], second["version"]) == (1, 2)
+    assert resolve_saved_model(root / "serving" / "tailseg").name == "2"
+    predictor = load_predictor(first["saved_model"])
+    assert predictor.metadata["threshold"] == 0.4
+    assert (root / "serving/tailseg/1/assets.extra/model_card.md").read_text() == "# card"
+
+
+def test_existing_version_is_never_overwritten_and_failures_leave_nothing(tmp_path):
+    final = tmp_path / "serving" / "m" / "1"
+    final.mkdir(parents=True)
+    (final / "keep").write_text("x")
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        with staged_directory(final):
+            pass
+    assert (final / "keep").read_text() == "x"
+    other = tmp_path / "serving" / "m" / "2"
+    with pytest.raises(RuntimeError):
+        with staged_directory(other) as stage:
+            (stage / "half").write_text("y")
+            raise RuntimeError("crash while exporting")
+    assert not other.exists()
+    assert [p.name for p in other.parent.iterdir()] == ["1"]
+
+
+def test_unknown_model_paths_are_named(tmp_path):
+    with pytest.raises(ModelFormatError, match="not found"):
+        load_predictor(tmp_path / "nothing")
+    with pytest.raises(ModelFormatError, match="not a SavedModel"):
+        load_predictor(tmp_path)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ModelFormatError, match="bad.onnx"):
+        load_predictor(bad)
