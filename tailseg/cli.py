@@ -44,6 +44,15 @@ def _run(args) -> int:
 
     summary = run_pipeline(args.pipeline, args.config)
     print(json.dumps(summary, indent=2))
+    export = summary.get("export", {})
+    if export.get("exported"):
+        print(f"\nModel version {export['version']} exported:\n  TF Serving: "
+              f"{export['saved_model']}\n  ONNX:       {export['onnx']}", file=sys.stderr)
+        return 0
+    if "export" in summary:
+        print("\nModel REJECTED by the gate, nothing exported: "
+              + "; ".join(summary.get("reasons", [])), file=sys.stderr)
+        return 3
     return 0
 
 
@@ -131,8 +140,9 @@ def _serve(args) -> int:
 # --- predict / change ------------------------------------------------------------------------
 
 def _add_predict_options(parser, model_required: bool = True) -> None:
-    parser.add_argument("--model", required=model_required, help="SavedModel dir, TF Serving base path "
-                        "(latest version), .onnx file, or a model server URL (--backend serving)")
+    parser.add_argument("--model", required=model_required,
+                        help="SavedModel dir, TF Serving base path (latest version), .onnx file, "
+                        "or a model server URL (--backend serving)")
     parser.add_argument("--backend", choices=["tf", "onnx", "serving"], default=None,
                         help="Default: from the model path (.onnx -> onnx, else tf)")
     parser.add_argument("--window", type=int, default=1024, help="Window side (default: 1024)")
@@ -223,9 +233,180 @@ def _change(args) -> int:
     return 0
 
 
+# --- stack / schedule ------------------------------------------------------------------------
+
+def _add_stack(subparsers) -> None:
+    parser = subparsers.add_parser("stack", help="ZenML stacks as code (infra/zenml/*.yaml): "
+                                                 "show or register local/kubernetes/kubeflow.")
+    parser.add_argument("action", choices=["show", "register"])
+    parser.add_argument("names", nargs="*", help="Stack files by short name (default: all)")
+    parser.add_argument("--dir", default=None, help="Stack folder (default: infra/zenml)")
+    parser.add_argument("--activate", action="store_true", help="Activate the (last) stack")
+    parser.set_defaults(handler=_stack)
+
+
+def _stack(args) -> int:
+    from tailseg.stacks import STACK_DIR, load_stacks
+
+    stacks = load_stacks(args.dir or STACK_DIR)
+    unknown = sorted(set(args.names) - set(stacks))
+    if unknown:
+        raise TailsegError(f"unknown stack(s) {unknown}; the files define {sorted(stacks)}")
+    chosen = {name: stacks[name] for name in (args.names or stacks)}
+    if args.action == "show":
+        print(json.dumps({name: stack.model_dump() for name, stack in chosen.items()}, indent=2))
+        return 0
+    from zenml.client import Client
+
+    client = Client()
+    for stack in chosen.values():
+        ids = {}
+        for kind, (component,) in stack.components.items():
+            try:
+                existing = client.get_stack_component(kind, component.name)
+            except KeyError:
+                try:
+                    existing = client.create_stack_component(
+                        component.name, component.flavor, kind, component.configuration)
+                except ImportError as error:
+                    raise TailsegError(
+                        f"{kind} {component.name!r} ({component.flavor}) needs the "
+                        f"{error.name!r} package: `zenml integration install "
+                        f"{component.flavor}`") from error
+            else:
+                if existing.flavor_name != component.flavor:
+                    raise TailsegError(f"{kind} {component.name!r} exists with flavor "
+                                       f"{existing.flavor_name!r}, not {component.flavor!r}")
+                if existing.configuration != component.configuration:
+                    existing = client.update_stack_component(
+                        component.name, kind, configuration=component.configuration)
+            ids[kind] = existing.id
+        try:
+            current = client.get_stack(stack.stack_name)
+        except KeyError:
+            client.create_stack(stack.stack_name, components=ids)
+        else:
+            if {kind.value: items[0].id for kind, items in current.components.items()} != ids:
+                client.update_stack(stack.stack_name, component_updates={
+                    kind: [id_] for kind, id_ in ids.items()})
+        print(f"registered stack {stack.stack_name!r}: " + ", ".join(
+            f"{kind}={component[0].flavor}" for kind, component in stack.components.items()))
+        if args.activate:
+            client.activate_stack(stack.stack_name)
+    return 0
+
+
+def _add_schedule(subparsers) -> None:
+    parser = subparsers.add_parser("schedule", help="Validate (and submit) the scheduled "
+                                                    "retraining of a cluster overlay.")
+    parser.add_argument("--config", default="zenml.yaml", help="Base run configuration")
+    parser.add_argument("--overlay", default=None,
+                        help="Cluster overlay merged over --config, e.g. zenml.k8s.yaml")
+    parser.add_argument("--orchestrator", default=None,
+                        help="Check for this orchestrator flavor instead of the active "
+                             "ZenML stack's (kubernetes, kubeflow, local)")
+    parser.add_argument("--submit", action="store_true",
+                        help="Submit the scheduled pipeline to the active stack")
+    parser.set_defaults(handler=_schedule)
+
+
+def _schedule(args) -> int:
+    import tempfile
+
+    import yaml
+
+    from tailseg.config import load_run_yaml
+    from tailseg.schedule import schedule_summary
+    from tailseg.stacks import merge_run_configs
+
+    merged = load_run_yaml(args.config)
+    if args.overlay:
+        merged = merge_run_configs(merged, load_run_yaml(args.overlay))
+    flavor = args.orchestrator
+    if flavor is None or args.submit:
+        from zenml.client import Client
+
+        active = Client().active_stack_model.components["orchestrator"][0].flavor_name
+        if flavor not in (None, active):
+            raise TailsegError(f"--orchestrator {flavor} but the active stack runs {active}")
+        flavor = active
+    summary = schedule_summary(merged, flavor, args.overlay or args.config)
+    print(json.dumps(summary, indent=2))
+    if args.submit:
+        from pipelines.runner import run_pipeline
+
+        # Beside the base file, so its relative paths still resolve.
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=".scheduled-",
+                                         dir=Path(args.config).resolve().parent) as handle:
+            yaml.safe_dump(merged, handle, sort_keys=False)
+            handle.flush()
+            run_pipeline("training", handle.name)
+    return 0
+
+
+# --- validate --------------------------------------------------------------------------------
+
+def _add_validate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "validate", help="Validate a dataset with Great Expectations; exit 0 when usable, 1 when "
+                         "not. Invalid chips are listed with their failed checks.")
+    parser.add_argument("data_dir", help="Dataset dir with images/ and masks/")
+    parser.add_argument("--report", required=True, help="Write the JSON report here")
+    parser.add_argument("--html", help="Also write the rendered GX validation results here")
+    parser.add_argument("--config", help="YAML file with a 'validation:' mapping (found at any "
+                                         "depth up to 3, e.g. in zenml.yaml); default settings "
+                                         "otherwise")
+    parser.add_argument("--convention", default="auto",
+                        help="Reflectance convention of the images (default: %(default)s)")
+    parser.add_argument("--previous-stats", help="An earlier report JSON (or its band_stats) for "
+                                                 "the band drift warning")
+    parser.set_defaults(handler=_validate)
+
+
+def _find_section(mapping: dict, key: str, depth: int = 3) -> dict | None:
+    if key in mapping:
+        return mapping[key]
+    children = [v for v in mapping.values() if isinstance(v, dict)] if depth > 1 else []
+    return next((found for child in children
+                 if (found := _find_section(child, key, depth - 1)) is not None), None)
+
+
+def _validate(args) -> int:
+    from pydantic import ValidationError
+
+    from tailseg.config import load_run_yaml
+    from tailseg.errors import ConfigError
+    from tailseg.validation import ValidationConfig, validate_dataset, write_reports
+
+    if not args.verbose:  # GX logs its start-up at INFO, hundreds of lines.
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    section = _find_section(load_run_yaml(args.config), "validation") if args.config else None
+    try:
+        config = ValidationConfig.model_validate(section or {})
+    except ValidationError as error:
+        raise ConfigError(f"{args.config}: invalid validation settings:\n{error}") from error
+    previous = None
+    if args.previous_stats:
+        previous = json.loads(Path(args.previous_stats).read_text())
+        previous = previous.get("band_stats", previous)
+    result = validate_dataset(args.data_dir, config, args.convention, previous)
+    write_reports(result, args.report, args.html)
+    for chip_id, reasons in sorted(result.quarantined.items()):
+        for reason in reasons:
+            print(f"quarantined {chip_id} [{reason['check']}]: {reason['message']}",
+                  file=sys.stderr)
+    for failure in result.dataset_failures + result.warnings:
+        print(f"{failure['severity']} [{failure['check']}]: {failure['message']}", file=sys.stderr)
+    print(f"{args.data_dir}: {'usable' if result.usable else 'NOT usable'}; "
+          f"{len(result.valid_ids)} valid, {len(result.quarantined)} quarantined; report "
+          f"{args.report}", file=sys.stderr)
+    return 0 if result.usable else 1
+
+
 # --- registry --------------------------------------------------------------------------------
 
-COMMANDS: list[Callable] = [_add_run, _add_evaluate, _add_predict, _add_change, _add_serve]
+COMMANDS: list[Callable] = [_add_run, _add_evaluate, _add_predict, _add_change, _add_serve,
+                            _add_stack, _add_schedule, _add_validate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tailseg.constants import Convention
 from tailseg.errors import ConfigError
+from tailseg.validation.config import ValidationConfig
 
 LossName = Literal["bce", "dice", "bce_dice", "focal", "focal_dice"]
 
@@ -163,6 +164,7 @@ class RunConfig(Strict):
     """Everything a training run needs, as read from the parameters of zenml.yaml."""
 
     data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
     model: ModelConfig = ModelConfig()
     model_preset: str | None = None
     training: TrainConfig = TrainConfig()

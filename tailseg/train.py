@@ -107,7 +107,7 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     started = time.monotonic()
     fit = model.fit(training_dataset(train_chips, config), epochs=config.epochs,
                     steps_per_epoch=steps, validation_data=(val_x, val_y),
-                    validation_batch_size=2, callbacks=callbacks + (extra_callbacks or []),
+                    validation_batch_size=2, shuffle=False, callbacks=callbacks + (extra_callbacks or []),
                     verbose=config.verbose)
     seconds = time.monotonic() - started
     epochs_run = len(fit.history.get("loss", []))

@@ -1,0 +1,103 @@
+"""The training pipeline end to end on the local ZenML stack (SQLite, in a temporary ZenML
+home): a normal run exports and promotes; a run with an impossible gate exports nothing; the
+exported model evaluates through the CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tailseg.cli import main
+
+TINY = {
+    "data": {"max_chips": 8},
+    "model": {"base_filters": 2, "depth": 2, "dropout": 0.0},
+    "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 64,
+                 "verbose": 0},
+    "evaluation": {"panels": 1, "sweep": [0.3, 0.5, 0.7]},
+    "gate": {"min_iou": 0.0, "max_regression": 1.0},
+}
+
+
+def write_config(path: Path, data_dir: Path, export_dir: Path, **overrides) -> Path:
+    config = {**TINY, **overrides}
+    config["data"] = {**config["data"], "data_dir": str(data_dir)}
+    config["export"] = {"export_dir": str(export_dir)}
+    path.write_text(yaml.safe_dump({"enable_cache": False, "model": {"name": "tailseg-test"},
+                                    "parameters": {"config": config}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, bundled_data, zenml_home):
+    from pipelines.runner import run_pipeline
+
+    root = tmp_path_factory.mktemp("pipeline")
+    config = write_config(root / "zenml.yaml", bundled_data, root / "exports")
+    return root, run_pipeline("training", config)
+
+
+def test_run_exports_a_versioned_model_and_promotes_it(first_run):
+    root, summary = first_run
+    assert summary["status"] == "completed" and summary["blessed"]
+    export = summary["export"]
+    assert export["exported"] and export["version"] == 1
+    saved_model = Path(export["saved_model"])
+    assert saved_model == root / "exports" / "serving" / "tailseg" / "1"
+    assert (saved_model / "saved_model.pb").is_file()
+    assert (saved_model / "assets.extra" / "model_card.md").read_text().startswith("# Model card")
+    assert Path(export["onnx"]).is_file()
+    assert summary["stage"] == "production"
+
+    from zenml.client import Client
+    from zenml.enums import ModelStages
+
+    production = Client().get_model_version("tailseg-test", ModelStages.PRODUCTION)
+    assert production.run_metadata["blessed"] is True
+    assert production.get_artifact("unet_model") is not None
+    run = Client().get_pipeline_run(summary["run"])
+    split = run.steps["data_splitter"].outputs["data_split"][0].load()
+    assert "chip_023" not in split["train"] + split["val"] + split["test"]
+    assert sum(len(split[k]) for k in ("train", "val", "test")) == 8
+
+
+def test_impossible_gate_rejects_and_leaves_serving_untouched(first_run, bundled_data, capsys):
+    root, _ = first_run
+    before = sorted(p.name for p in (root / "exports" / "serving" / "tailseg").iterdir())
+    config = write_config(root / "strict.yaml", bundled_data, root / "exports",
+                          gate={"min_iou": 1.0})
+    assert main(["run", "--config", str(config)]) == 3
+    err = capsys.readouterr().err
+    assert "REJECTED" in err and "iou >= 1.0" in err
+    after = sorted(p.name for p in (root / "exports" / "serving" / "tailseg").iterdir())
+    assert after == before == ["1"]
+    assert not list((root / "exports" / "serving" / "tailseg").glob(".*staging*"))
+
+    from zenml.client import Client
+    from zenml.enums import ModelStages
+
+    latest = Client().get_model_version("tailseg-test")
+    assert latest.run_metadata["blessed"] is False
+    assert latest.stage is None or latest.stage != ModelStages.PRODUCTION
+
+
+def test_evaluate_cli_scores_the_export_with_each_backend(first_run, bundled_data, tmp_path):
+    root, summary = first_run
+    subset = tmp_path / "data"
+    for folder in ("images", "masks"):
+        (subset / folder).mkdir(parents=True)
+        for chip in ("chip_000", "chip_002"):
+            (subset / folder / f"{chip}.tif").symlink_to(bundled_data / folder / f"{chip}.tif")
+    reports = {}
+    for name, model in (("base", root / "exports" / "serving" / "tailseg"),
+                        ("onnx", Path(summary["export"]["onnx"]))):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--model", str(model), "--data", str(subset),
+                     "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    for report in reports.values():
+        assert {"iou", "f1", "precision", "recall", "accuracy", "per_chip"} <= report.keys()
+        assert [c["chip_id"] for c in report["per_chip"]] == ["chip_000", "chip_002"]
+        assert report["threshold"] == summary["test"]["threshold"]
+    assert reports["base"]["iou"] == pytest.approx(reports["onnx"]["iou"], abs=1e-3)
