@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,7 +68,7 @@ class Cron:
             return in_month or in_week
         return in_month and in_week
 
-    def next_times(self, after: datetime, count: int = 3, horizon_days: int = 366 * 5
+    def next_times(self, after: datetime, count: int = 3, horizon_days: int = 366 * 9
                    ) -> list[datetime]:
         """The next `count` firing times strictly after `after` (naive, in the cron's zone)."""
         found: list[datetime] = []
@@ -158,7 +158,8 @@ def parse_cron(expression: str, dialect: Dialect = "kubernetes") -> Cron:
     if len(parts) != len(names):
         raise ScheduleError(f"cron {expression!r}: {dialect} expects {len(names)} fields "
                             f"({' '.join(names)}), got {len(parts)}")
-    fields = {name: _parse_field(part, name, expression) for name, part in zip(names, parts)}
+    fields = {name: _parse_field(part, name, expression)
+              for name, part in zip(names, parts, strict=True)}
     seconds = fields["second"][0] if "second" in fields else frozenset({0})
     return Cron(expression, seconds, fields["minute"][0], fields["hour"][0],
                 fields["day-of-month"][0], fields["month"][0], fields["day-of-week"][0],
@@ -224,3 +225,18 @@ def dataset_cache_key() -> str:
     """
     data_dir = os.environ.get(DATA_DIR_ENV, "data/tailings-br")
     return f"dataset-sha256:{dataset_fingerprint(data_dir)}"
+
+
+def schedule_summary(run_config: dict[str, Any], orchestrator_flavor: str,
+                     source: str = "run configuration", now: datetime | None = None,
+                     count: int = 3) -> dict[str, Any]:
+    """Validate the schedule for the orchestrator and list its next firing times (UTC).
+
+    Raises:
+        ScheduleError: as validate_schedule, or when the cron never fires.
+    """
+    cron = validate_schedule(run_config, orchestrator_flavor, source)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    times = cron.next_times(now, count)
+    return {"schedule": run_config["schedule"].get("name"), "cron": cron.expression,
+            "orchestrator": orchestrator_flavor, "next_runs_utc": [t.isoformat() for t in times]}

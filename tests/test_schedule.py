@@ -1,0 +1,108 @@
+"""Cron validation before submission, the local-orchestrator refusal, and the dataset hash that
+makes a scheduled run retrain only when the chips changed."""
+
+from datetime import datetime
+
+import pytest
+
+from tailseg.errors import ScheduleError
+from tailseg.schedule import (
+    cron_line,
+    dataset_cache_key,
+    dataset_fingerprint,
+    parse_cron,
+    schedule_summary,
+    validate_schedule,
+)
+from tests.rasters import make_dataset
+
+NOW = datetime(2026, 11, 26, 19, 0)  # a Thursday
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("0 3 * * 1", [datetime(2026, 11, 30, 3), datetime(2026, 12, 7, 3)]),
+    ("*/20 4 * * MON-FRI", [datetime(2026, 11, 27, 4, 0), datetime(2026, 11, 27, 4, 20)]),
+    ("@daily", [datetime(2026, 11, 27), datetime(2026, 11, 28)]),
+    ("0 0 29 FEB *", [datetime(2028, 2, 29), datetime(2032, 2, 29)]),
+    # Both day fields restricted: either matches (the 1st, or a Sunday).
+    ("0 0 1 * sun", [datetime(2026, 11, 29), datetime(2026, 12, 1)]),
+    ("30 2 1,15 jan-mar ?", [datetime(2027, 1, 1, 2, 30), datetime(2027, 1, 15, 2, 30)]),
+])
+def test_kubernetes_cron_fires_when_expected(expression, expected):
+    assert parse_cron(expression).next_times(NOW, 2) == expected
+
+
+def test_kubeflow_cron_has_seconds_first():
+    cron = parse_cron("15 0 3 * * 1", "kubeflow")
+    assert cron.next_times(NOW, 1) == [datetime(2026, 11, 30, 3, 0, 15)]
+    with pytest.raises(ScheduleError, match="kubeflow expects 6 fields"):
+        parse_cron("0 3 * * 1", "kubeflow")
+
+
+@pytest.mark.parametrize(("expression", "message"), [
+    ("0 24 * * *", "hour field: 24 is out of range 0-23"),
+    ("60 * * * *", "minute field: 60 is out of range 0-59"),
+    ("0 0 0 * *", "day-of-month field: 0 is out of range 1-31"),
+    ("0 0 * 13 *", "month field: 13 is out of range 1-12"),
+    ("0 0 * * 7", r"day-of-week field: 7 is out of range 0-6 \(use 0 for Sunday\)"),
+    ("0 0 * JANUARY *", "month field: 'JANUARY' is not a number or a name JAN-DEC"),
+    ("*/0 * * * *", "minute field: step '0' must be a positive integer"),
+    ("10-5 * * * *", "minute field: range '10-5' runs backwards"),
+    ("0 3 * *", r"kubernetes expects 5 fields \(minute hour day-of-month month day-of-week\)"),
+    ("0 3 ? * * *", "expects 5 fields"),
+    ("0 ? * * *", "hour field: '\\?' is not a number"),
+    ("1,,2 * * * *", "minute field '1,,2' has an empty list item"),
+    ("@fortnightly", "unknown macro"),
+    ("TZ=America/Sao_Paulo 0 3 * * *", "Kubernetes rejects TZ="),
+    ("", "is empty"),
+])
+def test_invalid_cron_is_rejected_naming_the_field(expression, message):
+    with pytest.raises(ScheduleError, match=message):
+        parse_cron(expression)
+
+
+def test_cron_that_never_fires_is_rejected():
+    with pytest.raises(ScheduleError, match="never fires"):
+        schedule_summary({"schedule": {"cron_expression": "0 0 30 2 *"}}, "kubernetes", now=NOW)
+
+
+def test_local_orchestrator_refuses_with_a_crontab_line():
+    config = {"schedule": {"name": "weekly", "cron_expression": "0 3 * * 1"}}
+    with pytest.raises(ScheduleError) as error:
+        validate_schedule(config, "local", "zenml.k8s.yaml")
+    text = str(error.value)
+    assert "'local' orchestrator cannot run pipelines on a schedule" in text
+    assert "0 3 * * 1 cd /path/to/tailseg && .venv/bin/tailseg run --config zenml.yaml" in text
+    # The crontab line itself is checked: an invalid cron never becomes advice.
+    with pytest.raises(ScheduleError, match="hour field"):
+        cron_line("0 99 * * *")
+
+
+def test_schedule_needs_a_cron_expression():
+    with pytest.raises(ScheduleError, match="no schedule.cron_expression"):
+        validate_schedule({"schedule": {"interval_second": 3600}}, "kubernetes")
+    summary = schedule_summary({"schedule": {"name": "w", "cron_expression": "0 3 * * 1"}},
+                               "kubernetes", now=NOW)
+    assert summary["next_runs_utc"][0] == "2026-11-30T03:00:00"
+
+
+def test_dataset_fingerprint_follows_content(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "data", n_chips=3, size=16, seed=1)
+    first = dataset_fingerprint(root)
+    assert dataset_fingerprint(root) == first  # stable
+    mask = sorted((root / "masks").iterdir())[0]
+    data = bytearray(mask.read_bytes())
+    data[-1] ^= 1
+    mask.write_bytes(bytes(data))
+    changed = dataset_fingerprint(root)
+    assert changed != first
+    image = sorted((root / "images").iterdir())[0]
+    image.rename(image.with_name("renamed_" + image.name))
+    assert dataset_fingerprint(root) not in (first, changed)
+    monkeypatch.setenv("TAILSEG_DATA_DIR", str(root))
+    assert dataset_cache_key() == "dataset-sha256:" + dataset_fingerprint(root)
+
+
+def test_dataset_fingerprint_of_empty_folder_fails(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no files under images/ or masks/"):
+        dataset_fingerprint(tmp_path)
