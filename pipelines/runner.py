@@ -16,16 +16,21 @@ logger = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def effective_configuration(config_path: str | Path) -> dict:
-    """The run configuration with validated tailseg parameters and absolute paths."""
+def effective_configuration(config_path: str | Path, overlay: str | Path | None = None) -> dict:
+    """The run configuration (with an optional overlay merged over it) with validated tailseg
+    parameters and absolute paths."""
+    from tailseg.stacks import merge_run_configs
+
     config_path = Path(config_path).resolve()
     raw = load_run_yaml(config_path)
+    if overlay is not None:
+        raw = merge_run_configs(raw, load_run_yaml(overlay))
     parameters = (raw.get("parameters") or {}).get("config") or {}
     config = resolve_paths(parse_config(parameters, str(config_path)), config_path.parent)
     return {**raw, "parameters": {"config": config.model_dump(mode="json")}}
 
 
-def run_pipeline(name: str, config_path: str | Path) -> dict:
+def run_pipeline(name: str, config_path: str | Path, overlay: str | Path | None = None) -> dict:
     """Run a pipeline on the active stack and summarise where its outputs went."""
     from zenml.client import Client
     from zenml.utils import source_utils
@@ -33,7 +38,7 @@ def run_pipeline(name: str, config_path: str | Path) -> dict:
     from pipelines.training import training
 
     pipelines = {"training": training}
-    effective = effective_configuration(config_path)
+    effective = effective_configuration(config_path, overlay)
     source_utils.set_custom_source_root(str(PROJECT_ROOT))
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "run.yaml"

@@ -33,7 +33,10 @@ def _add_run(subparsers) -> None:
     parser = subparsers.add_parser("run", help="Run the training pipeline on the active ZenML "
                                                "stack (local default: SQLite + local files).")
     parser.add_argument("--config", default="zenml.yaml",
-                        help="ZenML run configuration with tailseg parameters (default: %(default)s)")
+                        help="ZenML run configuration with tailseg parameters "
+                             "(default: %(default)s)")
+    parser.add_argument("--overlay", default=None,
+                        help="Stack overlay merged over --config, e.g. zenml.k8s.yaml")
     parser.add_argument("--pipeline", default="training", choices=["training"],
                         help="Pipeline to run (default: %(default)s)")
     parser.set_defaults(handler=_run)
@@ -42,7 +45,7 @@ def _add_run(subparsers) -> None:
 def _run(args) -> int:
     from pipelines.runner import run_pipeline
 
-    summary = run_pipeline(args.pipeline, args.config)
+    summary = run_pipeline(args.pipeline, args.config, args.overlay)
     print(json.dumps(summary, indent=2))
     export = summary.get("export", {})
     if export.get("exported"):

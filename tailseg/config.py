@@ -60,7 +60,7 @@ class TrainConfig(Strict):
 
     epochs: int = Field(40, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1, description="Default: one pass of crops.")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Global batch, split across GPUs if several.")
     learning_rate: float = Field(2e-3, gt=0)
     loss: LossName = "bce_dice"
     crop_size: int = Field(256, ge=8, description="Random training crops; validation uses chips.")
@@ -72,6 +72,8 @@ class TrainConfig(Strict):
     saturation: float = Field(0.1, ge=0, description="Max relative saturation jitter.")
     early_stopping_patience: int = Field(12, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="Stop training after this time.")
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: mixed float16 on tensor-core GPUs, float32 on CPU.")
     seed: int = 42
     verbose: int = Field(1, ge=0, le=2)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from tailseg.accelerate import plan_acceleration
 from tailseg.config import ModelConfig, TrainConfig
 from tailseg.dataset import (
     Chip,
@@ -93,12 +94,15 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     if not train_chips or not val_chips:
         raise ValueError("training needs at least one training and one validation chip")
     seed_everything(config.seed)
+    plan = plan_acceleration(config.mixed_precision)
+    logger.info("training on %s", plan.describe())
     mean, std = band_statistics(train_chips)
-    model = build_unet(model_config, mean, std)
     steps = crops_per_epoch(train_chips, config)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps * config.epochs, alpha=0.05)
-    compile_model(model, config, learning_rate=schedule)
+    with plan.strategy.scope():
+        model = build_unet(model_config, mean, std)
+        compile_model(model, config, learning_rate=schedule)
     val_x, val_y = evaluation_arrays(val_chips, model_config.multiple)
     best = _BestWeights()
     callbacks = [best, _TimeLimit(config.max_minutes),
@@ -107,8 +111,8 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     started = time.monotonic()
     fit = model.fit(training_dataset(train_chips, config), epochs=config.epochs,
                     steps_per_epoch=steps, validation_data=(val_x, val_y),
-                    validation_batch_size=2, shuffle=False, callbacks=callbacks + (extra_callbacks or []),
-                    verbose=config.verbose)
+                    validation_batch_size=2, shuffle=False,
+                    callbacks=callbacks + (extra_callbacks or []), verbose=config.verbose)
     seconds = time.monotonic() - started
     epochs_run = len(fit.history.get("loss", []))
     crops = epochs_run * steps * config.batch_size
@@ -117,5 +121,6 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     return TrainResult(model=model, history=history, best_epoch=best.best_epoch + 1,
                        seconds=seconds, chips_per_second=equivalent_chips / seconds,
                        info={"epochs_run": epochs_run, "steps_per_epoch": steps,
+                             **{f"accelerator_{k}": v for k, v in plan.describe().items()},
                              "band_mean": ",".join(f"{v:.5f}" for v in mean),
                              "band_std": ",".join(f"{v:.5f}" for v in std)})
