@@ -3,7 +3,9 @@
 A model path is resolved by what it holds:
 - a SavedModel directory (saved_model.pb inside) -> TensorFlow;
 - a TF Serving model base path (integer version sub-directories) -> its latest version;
-- a file ending in .onnx -> ONNX Runtime.
+- a file ending in .onnx -> ONNX Runtime;
+- a model server URL (grpc://HOST:PORT/NAME or http://HOST:PORT/v1/models/NAME, optionally
+  /versions/V or /labels/L) -> a TF Serving(-compatible) server through tailseg.serving.client.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Predictor:
 
     predict: Callable[[np.ndarray], np.ndarray]
     backend: str
-    path: Path
+    path: Path | str  # a str for server URLs
     metadata: dict = field(default_factory=dict)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -102,6 +104,10 @@ def load_onnx(path: str | Path, threads: int | None = None) -> Predictor:
 
 def load_predictor(path: str | Path, backend: BackendName | None = None) -> Predictor:
     """Load a model path with the backend its contents call for (or the one given)."""
+    if isinstance(path, str) and path.startswith(("grpc://", "http://", "https://")):
+        from tailseg.serving.client import client_from_url
+
+        return client_from_url(path).as_predictor()
     path = Path(path)
     if not path.exists():
         raise ModelFormatError(f"{path}: model path not found")

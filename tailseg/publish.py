@@ -7,6 +7,7 @@ import numpy as np
 
 from tailseg.config import RunConfig
 from tailseg.model_card import render_model_card
+from tailseg.serving.package import export_for_serving
 from tailseg.workflow import chips_for
 
 MODEL_CARD = "model_card.md"
@@ -36,17 +37,16 @@ def publish_model(model: keras.Model, config: RunConfig, split: dict, metrics: d
     pooled = {k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")}
     metadata = {"threshold": metrics["threshold"], "test_metrics": pooled,
                 "zenml_model_version": zenml_version}
-    sample = np.stack([c.image for c in chips_for(config, split["test"][:2])])
-    info = _export(model, config, sample, metadata, {MODEL_CARD: card})
+    info = export_for_serving(model, export.export_dir, export.model_name,
+                              config.resolved_model().multiple, _parity_sample(config, split),
+                              opset=export.onnx_opset, metadata=metadata,
+                              canary=config.gate.promote_to == "staging",
+                              extra_assets={MODEL_CARD: card})
     return {"exported": True, **info}, card
 
 
-def _export(model, config: RunConfig, sample: np.ndarray, metadata: dict,
-            extra_assets: dict[str, str]) -> dict:
-    """The full serving export when available, else the plain SavedModel + ONNX export."""
-    from tailseg.export import export_model
-
-    export = config.export
-    return export_model(model, export.export_dir, export.model_name,
-                        config.resolved_model().multiple, export.onnx_opset, metadata,
-                        extra_assets)
+def _parity_sample(config: RunConfig, split: dict, count: int = 3) -> np.ndarray:
+    """Up to count real test chips of the first chip's size, for warm-up and parity checks."""
+    chips = chips_for(config, split["test"])
+    size = chips[0].image.shape
+    return np.stack([c.image for c in chips if c.image.shape == size][:count])

@@ -1,0 +1,146 @@
+"""Serving benchmark: p50/p99 latency and throughput of 448 x 448 predictions in process, over
+gRPC and over REST (several concurrent clients) against `tailseg serve` in the same run, plus
+TF vs ONNX Runtime throughput on the same real chips.
+
+Run: .venv/bin/python benchmarks/bench_serving.py [--requests 24] [--clients 1 4]
+Writes benchmarks/results/serving.json. The model is the "cpu" preset U-Net, untrained (the
+weights do not change the cost), exported with export_for_serving (parity + infra checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from tailseg.backends import load_onnx, load_tf
+from tailseg.config import MODEL_PRESETS
+from tailseg.dataset import load_chip, require_pairs
+from tailseg.model import build_unet
+from tailseg.serving.client import GrpcClient, RestClient
+from tailseg.serving.package import export_for_serving
+from tailseg.serving.process import launch_server
+
+
+def real_chips(data_dir: str, count: int) -> np.ndarray:
+    chips = []
+    for pair in require_pairs(data_dir):
+        chip = load_chip(pair)
+        if chip.image.shape[:2] == (448, 448):  # skips the truncated chip_023
+            chips.append(chip.image)
+        if len(chips) == count:
+            break
+    return np.stack(chips).astype(np.float32)
+
+
+def measure(make_predict: Callable[[], Callable], chips: np.ndarray, requests: int,
+            clients: int) -> dict:
+    """`clients` threads, each with its own predict, share `requests` batch-1 requests."""
+    latencies: list[float] = []
+    lock, counter = threading.Lock(), iter(range(requests))
+    predictors = [make_predict() for _ in range(clients)]
+    for predict in predictors:  # connect and warm up outside the timing
+        predict(chips[:1])
+
+    def worker(predict: Callable) -> None:
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            start = time.perf_counter()
+            predict(chips[index % len(chips)][None])
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in predictors]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {"clients": clients, "requests": requests,
+            "p50_ms": round(1000 * float(np.median(latencies)), 1),
+            "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 1),
+            "images_per_s": round(requests / wall, 2)}
+
+
+def paired(predicts: dict[str, Callable], chips: np.ndarray, requests: int) -> dict:
+    """Batch-1 latency with the paths interleaved request by request (rotating the order), so
+    load from other processes hits every path alike; overhead = median of per-request ratios."""
+    times: dict[str, list[float]] = {name: [] for name in predicts}
+    names = list(predicts)
+    for predict in predicts.values():
+        predict(chips[:1])
+    for index in range(requests):
+        image = chips[index % len(chips)][None]
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            start = time.perf_counter()
+            predicts[name](image)
+            times[name].append(time.perf_counter() - start)
+    base = np.array(times["in_process_tf"])
+    return {name: {"p50_ms": round(1000 * float(np.median(values)), 1),
+                   "p99_ms": round(1000 * float(np.percentile(values, 99)), 1),
+                   "overhead_vs_in_process": round(float(np.median(np.array(values) / base)) - 1,
+                                                   3)}
+            for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/tailings-br")
+    parser.add_argument("--chips", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4],
+                        help="Concurrent clients of the throughput runs")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--out", default="benchmarks/results/serving.json")
+    args = parser.parse_args()
+
+    chips = real_chips(args.data, args.chips)
+    model = build_unet(MODEL_PRESETS[args.preset], np.full(3, .1), np.full(3, .05))
+    results: dict = {"date": date.today().isoformat(), "machine": platform.machine(),
+                     "preset": args.preset, "image": [448, 448, 3], "batch": 1}
+    with tempfile.TemporaryDirectory() as workdir:
+        export = export_for_serving(model, Path(workdir) / "exports", "tailseg", 4, chips[:3])
+        results["parity_max_abs_diff_3_chips"] = export["parity_max_abs_diff"]
+        tf_predictor, onnx_predictor = load_tf(export["saved_model"]), load_onnx(export["onnx"])
+        rows = []
+        base = str(Path(export["saved_model"]).parent)
+        with launch_server(["--model-base-path", base, "--max-request-bytes", str(2**28)],
+                           Path(workdir) / "server") as server:
+            makers = {"in_process_tf": lambda: tf_predictor,
+                      "grpc": lambda: GrpcClient(server.grpc_target).predict,
+                      "rest": lambda: RestClient(server.rest_url).predict}
+            results["batch1_interleaved"] = paired(
+                {name: make() for name, make in makers.items()}, chips, args.requests)
+            print(json.dumps(results["batch1_interleaved"]), flush=True)
+            for clients in args.clients:
+                for name, make in makers.items():
+                    row = {"path": name, **measure(make, chips, args.requests, clients)}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+        # The in-process runs happened while the idle server shared the CPU too.
+        results["latency"] = rows
+        results["grpc_overhead_batch1"] = \
+            results["batch1_interleaved"]["grpc"]["overhead_vs_in_process"]
+        results["tf_vs_onnx"] = [
+            {"runtime": name, **measure(lambda p=predictor: p, chips, args.requests, 1)}
+            for name, predictor in (("tensorflow", tf_predictor), ("onnxruntime",
+                                                                     onnx_predictor))]
+    print(json.dumps(results, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

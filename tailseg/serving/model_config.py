@@ -1,0 +1,130 @@
+"""models.config: TF Serving's ModelServerConfig text proto, written with the serving protos.
+
+One entry per model: base_path, model_platform "tensorflow", a version policy and version
+labels (stable, canary). Written atomically (temp file + rename) so a server polling the file
+never reads half of it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tailseg.errors import ConfigError
+
+CONFIG_FILE = "models.config"
+Policy = Literal["latest", "all", "specific"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's versions live and which of them to serve."""
+
+    name: str
+    base_path: Path
+    policy: Policy = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among the available ones (ascending)."""
+        match self.policy:
+            case "latest":
+                return sorted(available)[-self.num_versions:]
+            case "all":
+                return sorted(available)
+            case "specific":
+                return sorted(set(available) & set(self.versions))
+        raise ConfigError(f"unknown version policy {self.policy!r}")
+
+
+def to_proto(sources: list[ModelSource]):
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    for source in sources:
+        entry = config.model_config_list.config.add(
+            name=source.name, base_path=str(source.base_path), model_platform="tensorflow")
+        policy = entry.model_version_policy
+        match source.policy:
+            case "latest":
+                policy.latest.num_versions = source.num_versions
+            case "all":
+                policy.all.SetInParent()
+            case "specific":
+                policy.specific.versions.extend(source.versions)
+        for label, version in sorted(source.labels.items()):
+            entry.version_labels[label] = version
+    return config
+
+
+def write_model_config(path: str | Path, sources: list[ModelSource]) -> Path:
+    """Write models.config atomically."""
+    from google.protobuf import text_format
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = text_format.MessageToString(to_proto(sources))
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
+    return path
+
+
+def read_model_config(path: str | Path) -> list[ModelSource]:
+    """Parse a models.config; relative base paths resolve against the file's folder.
+
+    Raises:
+        ConfigError: unreadable file, bad text proto, no model_config_list, or a label naming a
+            version the policy does not serve.
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = Path(path)
+    try:
+        config = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    except (OSError, text_format.ParseError) as error:
+        raise ConfigError(f"{path}: not a readable ModelServerConfig text proto ({error})") \
+            from error
+    if config.WhichOneof("config") != "model_config_list":
+        raise ConfigError(f"{path}: expected a model_config_list")
+    sources = []
+    for entry in config.model_config_list.config:
+        if entry.model_platform not in ("", "tensorflow"):
+            raise ConfigError(f"{path}: model {entry.name!r}: platform {entry.model_platform!r}"
+                              " is not supported; use 'tensorflow'")
+        base = Path(entry.base_path)
+        policy = entry.model_version_policy
+        kind = policy.WhichOneof("policy_choice") or "latest"
+        source = ModelSource(
+            name=entry.name, base_path=base if base.is_absolute() else path.parent / base,
+            policy=kind, num_versions=policy.latest.num_versions or 1,
+            versions=tuple(policy.specific.versions), labels=dict(entry.version_labels))
+        if kind == "specific" and not set(source.labels.values()) <= set(source.versions):
+            raise ConfigError(f"{path}: model {entry.name!r}: labels {source.labels} name "
+                              f"versions outside the specific policy {list(source.versions)}")
+        sources.append(source)
+    if not sources:
+        raise ConfigError(f"{path}: model_config_list is empty")
+    return sources
+
+
+def publish_labels(config_path: str | Path, name: str, base_path: str | Path, stable: int,
+                   canary: int | None = None) -> Path:
+    """(Re)write config_path so model name serves exactly its stable (and canary) version.
+
+    Other models in an existing file are kept as they are.
+    """
+    config_path = Path(config_path)
+    others = [s for s in read_model_config(config_path) if s.name != name] \
+        if config_path.is_file() else []
+    labels = {"stable": stable} | ({"canary": canary} if canary is not None else {})
+    entry = ModelSource(name, Path(base_path), "specific", versions=tuple(sorted(set(
+        labels.values()))), labels=labels)
+    return write_model_config(config_path, [*others, entry])

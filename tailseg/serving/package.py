@@ -1,0 +1,96 @@
+"""export_for_serving: one atomic, validated TF Serving + ONNX release of a trained model.
+
+Everything happens in staging directories beside the final ones: SavedModel, warm-up requests,
+ONNX, TF/ONNX parity on the sample images, infra validation in a separate process. Only when
+all pass are the versions renamed into place and models.config (re)written with its labels.
+A failure at any point publishes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tailseg.constants import BANDS
+from tailseg.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    next_version,
+    staged_directory,
+    write_onnx,
+    write_saved_model,
+)
+from tailseg.serving.infra_validate import run_infra_validation
+from tailseg.serving.model_config import CONFIG_FILE, publish_labels, read_model_config
+from tailseg.serving.parity import check_parity
+from tailseg.serving.protocol import check_image
+from tailseg.serving.warmup import write_warmup_file
+
+
+def _labels(config_path: Path, model_name: str, serving_base: Path, version: int,
+            canary: bool) -> tuple[int, int | None]:
+    """(stable, canary): the new version is stable, or canary beside the current stable."""
+    if not canary:
+        return version, None
+    sources = read_model_config(config_path) if config_path.is_file() else []
+    stable = next((s.labels.get("stable") for s in sources if s.name == model_name), None)
+    if stable is None or not (serving_base / str(stable)).is_dir():
+        return version, None  # nothing to be a canary against: the first release is stable
+    return stable, version
+
+
+def export_for_serving(model: keras.Model, export_dir: str | Path, model_name: str,
+                       multiple: int, sample_images: np.ndarray, opset: int = 17,
+                       metadata: dict | None = None, parity_tolerance: float = 1e-4,
+                       warmup_records: int = 4, canary: bool = False,
+                       extra_assets: dict[str, str] | None = None,
+                       serving_base_path: str | None = None) -> dict:
+    """Export, validate and publish a new version under export_dir.
+
+    Args:
+        sample_images: float32 reflectance [N, H, W, 3], real chips: the warm-up requests (the
+            first warmup_records of them) and the parity check (all of them).
+        canary: label the new version "canary" and keep the current "stable"; otherwise the
+            new version becomes "stable" and any canary is dropped.
+        serving_base_path: base_path written to models.config (e.g. "/models/tailseg" inside
+            the serving container); default the local absolute path.
+
+    Returns:
+        {"version", "saved_model", "onnx", "models_config", "labels", "parity_max_abs_diff",
+        "infra_validation", "opset"}.
+
+    Raises:
+        ParityError: TF and ONNX Runtime differ by more than parity_tolerance.
+        InfraValidationError: the version does not load or answer in a fresh process.
+    """
+    images = check_image(np.asarray(sample_images, np.float32), "sample_images")
+    export_dir = Path(export_dir).resolve()
+    serving_base = export_dir / "serving" / model_name
+    onnx_base = export_dir / "onnx" / model_name
+    version = next_version(serving_base, onnx_base)
+    metadata = {**(metadata or {}), "version": version, "model_name": model_name,
+                "input": INPUT_NAME, "output": OUTPUT_NAME, "bands": list(BANDS),
+                "onnx_opset": opset}
+    extra = {"extra_assets": extra_assets} if extra_assets else {}
+    saved_final, onnx_final = serving_base / str(version), onnx_base / str(version)
+    with staged_directory(saved_final) as saved_stage, staged_directory(onnx_final) as onnx_stage:
+        saved_model = saved_stage / "model"
+        write_saved_model(model, saved_model, multiple, metadata, **extra)
+        write_warmup_file(saved_model, images, model_name, min(warmup_records, len(images)))
+        onnx_path = write_onnx(saved_model, onnx_stage / "model.onnx", opset)
+        difference = check_parity(saved_model, onnx_path, images, parity_tolerance)
+        infra = run_infra_validation(saved_model, model_name)
+        for item in saved_model.iterdir():
+            item.rename(saved_stage / item.name)
+        saved_model.rmdir()
+    config_path = export_dir / "serving" / CONFIG_FILE
+    stable, canary_version = _labels(config_path, model_name, serving_base, version, canary)
+    publish_labels(config_path, model_name, serving_base_path or serving_base, stable,
+                   canary_version)
+    labels = {"stable": stable} | ({"canary": canary_version} if canary_version else {})
+    return {"version": version, "saved_model": str(saved_final),
+            "onnx": str(onnx_final / "model.onnx"), "models_config": str(config_path),
+            "labels": labels, "parity_max_abs_diff": difference, "infra_validation": infra,
+            "opset": opset}

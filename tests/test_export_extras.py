@@ -1,0 +1,137 @@
+"""export_for_serving: TF Serving layout, warm-up records, models.config with labels, ONNX
+parity, infra validation in a separate process, atomic publication; then serving the
+models.config with its labels."""
+
+from __future__ import annotations
+
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from tailseg.backends import load_onnx, load_tf
+from tailseg.config import ModelConfig
+from tailseg.errors import ConfigError, InfraValidationError, ParityError
+from tailseg.model import build_unet
+from tailseg.serving.client import GrpcClient, RestClient
+from tailseg.serving.infra_validate import run_infra_validation
+from tailseg.serving.model_config import read_model_config
+from tailseg.serving.package import export_for_serving
+from tailseg.serving.parity import check_parity
+from tailseg.serving.process import launch_server
+from tailseg.serving.warmup import warmup_path
+
+
+def tiny_model(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return build_unet(ModelConfig(base_filters=2, depth=2, dropout=0), np.full(3, .1),
+                      np.full(3, .05))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return np.random.default_rng(0).uniform(.02, .3, (3, 24, 36, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, samples):
+    """Version 1 (stable), then version 2 of a differently seeded model as canary."""
+    export_dir = tmp_path_factory.mktemp("extras") / "exports"
+    first = export_for_serving(tiny_model(1), export_dir, "tailseg", 4, samples,
+                               warmup_records=2, metadata={"threshold": 0.4})
+    second = export_for_serving(tiny_model(2), export_dir, "tailseg", 4, samples, canary=True)
+    return export_dir, first, second
+
+
+def test_layout_warmup_and_metadata(exports, samples):
+    export_dir, first, second = exports
+    assert (first["version"], second["version"]) == (1, 2)
+    base = export_dir / "serving" / "tailseg"
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # no staging leftovers
+    assert sorted(p.name for p in (export_dir / "onnx" / "tailseg").iterdir()) == ["1", "2"]
+    records = [prediction_log_pb2.PredictionLog.FromString(r) for r in
+               __import__("tensorflow").data.TFRecordDataset(
+                   str(warmup_path(base / "1"))).as_numpy_iterator()]
+    assert len(records) == 2
+    request = records[0].predict_log.request
+    assert request.model_spec.name == "tailseg"
+    assert request.model_spec.signature_name == "serving_default"
+    assert [d.size for d in request.inputs["image"].tensor_shape.dim] == [1, 24, 36, 3]
+    assert load_tf(base / "1").metadata["threshold"] == 0.4
+    assert load_tf(base / "2").metadata["onnx_opset"] == 17
+    assert first["infra_validation"]["ok"] and first["infra_validation"]["warmup_requests"] == 2
+
+
+def test_models_config_lists_stable_and_canary(exports):
+    export_dir, first, second = exports
+    assert first["labels"] == {"stable": 1}
+    assert second["labels"] == {"stable": 1, "canary": 2}
+    text = (export_dir / "serving" / "models.config").read_text()
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    (entry,) = config.model_config_list.config
+    assert entry.name == "tailseg" and entry.model_platform == "tensorflow"
+    assert entry.base_path == str(export_dir / "serving" / "tailseg")
+    assert list(entry.model_version_policy.specific.versions) == [1, 2]
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 2}
+    assert read_model_config(export_dir / "serving" / "models.config")[0].labels == \
+        {"stable": 1, "canary": 2}
+
+
+def test_parity_is_measured_and_mismatches_are_caught(exports, samples):
+    export_dir, first, second = exports
+    assert 0 <= first["parity_max_abs_diff"] <= 1e-4
+    tf_probability = load_tf(first["saved_model"])(samples)
+    onnx_probability = load_onnx(first["onnx"])(samples)
+    assert np.abs(tf_probability - onnx_probability).max() <= 1e-4
+    # Version 2 has other weights: its ONNX is not version 1's model.
+    with pytest.raises(ParityError, match="max \\|difference\\|"):
+        check_parity(first["saved_model"], second["onnx"], samples)
+
+
+def test_infra_validation_rejects_a_broken_warmup_file(exports, tmp_path):
+    export_dir, first, _ = exports
+    broken = tmp_path / "1"
+    shutil.copytree(first["saved_model"], broken)
+    warmup_path(broken).write_bytes(b"not a TFRecord")
+    with pytest.raises(InfraValidationError, match="not a TFRecord of PredictionLog"):
+        run_infra_validation(broken, "tailseg")
+
+
+def test_a_failed_export_publishes_nothing(exports, samples):
+    export_dir, _, _ = exports
+    config_before = (export_dir / "serving" / "models.config").read_text()
+    poisoned = samples.copy()
+    poisoned[0, 0, 0, 0] = np.nan  # both runtimes output NaN: parity cannot be shown
+    with pytest.raises(ParityError, match="non-finite"):
+        export_for_serving(tiny_model(3), export_dir, "tailseg", 4, poisoned)
+    for kind in ("serving", "onnx"):
+        assert sorted(p.name for p in (export_dir / kind / "tailseg").iterdir()) == ["1", "2"]
+    assert (export_dir / "serving" / "models.config").read_text() == config_before
+
+
+def test_bad_models_config_names_the_file(tmp_path):
+    path = tmp_path / "models.config"
+    path.write_text("model_config_list { config { name: 'x' base_path: '/m' version_labels "
+                    "{ key: 'stable' value: 3 } model_version_policy { specific { versions: 1 }"
+                    " } } }")
+    with pytest.raises(ConfigError, match="models.config.*outside the specific policy"):
+        read_model_config(path)
+    path.write_text("model_config_list { config { nme: 'x' } }")
+    with pytest.raises(ConfigError, match="not a readable ModelServerConfig"):
+        read_model_config(path)
+
+
+def test_serving_the_models_config_answers_by_label(exports, samples, tmp_path):
+    export_dir, first, second = exports
+    config = export_dir / "serving" / "models.config"
+    with launch_server(["--model-config-file", str(config)], tmp_path) as server:
+        for label, export in (("stable", first), ("canary", second)):
+            expected = load_tf(export["saved_model"])(samples)
+            client = GrpcClient(server.grpc_target, "tailseg", label=label)
+            np.testing.assert_allclose(client.predict(samples), expected, atol=1e-6)
+            status = RestClient(server.rest_url, "tailseg", label=label).status()
+            assert status["model_version_status"][0]["version"] == str(export["version"])

@@ -1,0 +1,215 @@
+"""`tailseg serve` end to end: a real server process on loopback, called with TF Serving's gRPC
+stubs and plain HTTP. One tiny model (base_filters 2) exported once for the module."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tailseg.backends import load_predictor, load_tf
+from tailseg.config import ModelConfig
+from tailseg.errors import ModelFormatError, ServingClientError
+from tailseg.export import write_saved_model
+from tailseg.model import build_unet
+from tailseg.serving.client import GrpcClient, RestClient, client_from_url
+from tailseg.serving.process import launch_server
+from tailseg.serving.protocol import to_tensor_proto
+from tailseg.serving.warmup import predict_request, write_warmup_file
+
+MAX_REQUEST_BYTES = 300_000
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """Version 1 in a TF Serving base path, with warm-up requests (no ONNX: not needed here;
+    export_for_serving is tested in test_export_extras)."""
+    model = build_unet(ModelConfig(base_filters=2, depth=2, dropout=0), np.full(3, .1),
+                       np.full(3, .05))
+    samples = np.random.default_rng(0).uniform(.02, .3, (2, 24, 40, 3)).astype(np.float32)
+    version = tmp_path_factory.mktemp("serving") / "tailseg" / "1"
+    write_saved_model(model, version, 4)
+    write_warmup_file(version, samples, "tailseg")
+    return {"saved_model": str(version)}
+
+
+@pytest.fixture(scope="module")
+def server(export, tmp_path_factory):
+    base = os.path.dirname(export["saved_model"])
+    with launch_server(["--model-base-path", base, "--model-name", "tailseg", "--poll-seconds",
+                        "0.3", "--max-request-bytes", str(MAX_REQUEST_BYTES)],
+                       tmp_path_factory.mktemp("server")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def reference(export):
+    return load_tf(export["saved_model"])
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).uniform(.02, .3, (2, 30, 45, 3)).astype(np.float32)
+
+
+def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_grpc_predictions_equal_in_process(server, reference, images):
+    client = GrpcClient(server.grpc_target, "tailseg", timeout=30)
+    np.testing.assert_allclose(client.predict(images), reference(images), atol=1e-6)
+    # The same through the backends' URL form, as prediction uses it.
+    predictor = load_predictor(f"grpc://{server.grpc_target}/tailseg/versions/1")
+    assert predictor.backend == "grpc"
+    np.testing.assert_allclose(predictor(images[:1]), reference(images[:1]), atol=1e-6)
+
+
+def test_rest_predictions_equal_in_process_in_both_forms(server, reference, images):
+    url = f"{server.rest_url}/v1/models/tailseg:predict"
+    expected = reference(images)
+    status, rows = http("POST", url, json.dumps({"instances": images.tolist()}).encode())
+    assert status == 200
+    np.testing.assert_allclose(np.array(rows["predictions"]), expected, atol=1e-6)
+    named = {"signature_name": "serving_default", "inputs": {"image": images.tolist()}}
+    status, columns = http("POST", url, json.dumps(named).encode())
+    assert status == 200
+    np.testing.assert_allclose(np.array(columns["outputs"]), expected, atol=1e-6)
+    predictor = load_predictor(f"{server.rest_url}/v1/models/tailseg")
+    np.testing.assert_allclose(predictor(images), expected, atol=1e-6)
+
+
+def test_status_and_metadata_answer_over_rest_and_grpc(server):
+    status, body = http("GET", f"{server.rest_url}/v1/models/tailseg")
+    assert status == 200
+    assert body["model_version_status"] == [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK",
+                                                           "error_message": ""}}]
+    status, meta = http("GET", f"{server.rest_url}/v1/models/tailseg/versions/1/metadata")
+    signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert status == 200 and meta["model_spec"]["version"] == "1"
+    assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in signature["outputs"]["probability"]["tensor_shape"]["dim"]] == \
+        ["-1", "-1", "-1", "1"]
+    assert http("GET", f"{server.rest_url}/readyz") == (200, {"ready": True})
+
+    channel = grpc.insecure_channel(server.grpc_target)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "tailseg"
+    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+    assert [(s.version, s.state) for s in response.model_version_status] == \
+        [(1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "tailseg"
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
+        request, timeout=10)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    assert list(signatures.signature_def["serving_default"].inputs) == ["image"]
+    assert response.model_spec.version.value == 1
+
+
+@pytest.mark.parametrize(("path", "body", "status", "words"), [
+    ("tailseg:predict", b'{"instances": [[[[0.1, 0.2', 400, "JSON Parse error"),
+    ("tailseg:predict", b'{"inputs": [[[[0.1, 0.2]]]]}', 400, "[N, H, W, 3]"),
+    ("tailseg:predict", b'{"inputs": [[[["a", "b", "c"]]]]}', 400, "must be numbers"),
+    ("tailseg:predict", b'{"instances": [[[[0.1, 0.2, 0.3]]], [[0.1]]]}', 400, "ragged"),
+    ("tailseg:predict", b'{"image": [[[[0.1, 0.2, 0.3]]]]}', 400, "unknown request keys"),
+    ("nomodel:predict", b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}', 404, "nomodel"),
+    ("tailseg/versions/9:predict", b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}', 404, "9"),
+    ("tailseg/labels/stable", None, 404, "label"),
+    ("tailseg:predict", b"[" + b"0.12345," * (MAX_REQUEST_BYTES // 8) + b"0]", 413, "limit"),
+    ("tailseg:classify", b'{"instances": []}', 501, "not implemented"),
+])
+def test_bad_rest_requests_get_clear_errors_and_serving_goes_on(server, path, body, status,
+                                                                 words):
+    method = "GET" if body is None else "POST"
+    answer = http(method, f"{server.rest_url}/v1/models/{path}", body)
+    assert answer[0] == status and words in answer[1]["error"], answer
+    ok = http("POST", f"{server.rest_url}/v1/models/tailseg:predict",
+              b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}')
+    assert ok[0] == 200 and np.array(ok[1]["outputs"]).shape == (1, 1, 1, 1)
+
+
+def test_bad_grpc_requests_get_clear_errors_and_serving_goes_on(server, images):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(server.grpc_target))
+    wrong_dtype = predict_request(images, "tailseg")
+    wrong_dtype.inputs["image"].CopyFrom(to_tensor_proto(images.astype(np.float64)))
+    wrong_name = predict_pb2.PredictRequest()
+    wrong_name.model_spec.name = "tailseg"
+    wrong_name.inputs["images"].CopyFrom(to_tensor_proto(images))
+    huge = np.zeros((1, 200, 200, 3), np.float32)  # 480 kB > the 300 kB limit
+    cases = [(wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "dtype float64"),
+             (predict_request(images[..., :2], "tailseg"), grpc.StatusCode.INVALID_ARGUMENT,
+              "[N, H, W, 3]"),
+             (wrong_name, grpc.StatusCode.INVALID_ARGUMENT, "['images']"),
+             (predict_request(images, "nomodel"), grpc.StatusCode.NOT_FOUND, "nomodel"),
+             (predict_request(images, "tailseg", version=9), grpc.StatusCode.NOT_FOUND, "9"),
+             (predict_request(huge, "tailseg"), grpc.StatusCode.RESOURCE_EXHAUSTED, "")]
+    for request, code, words in cases:
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=30)
+        assert raised.value.code() == code and words in raised.value.details(), raised.value
+    with pytest.raises(ServingClientError, match="NOT_FOUND"):
+        GrpcClient(server.grpc_target, "tailseg", version=9, retries=0).predict(images)
+    assert GrpcClient(server.grpc_target).predict(images).shape == (2, 30, 45, 1)
+
+
+def test_clients_retry_then_fail_clearly_without_a_server():
+    with pytest.raises(ServingClientError, match="unreachable after 1 retries"):
+        RestClient("http://127.0.0.1:9", retries=1, backoff=0.01, timeout=2).status()
+    with pytest.raises(ServingClientError, match="UNAVAILABLE"):
+        GrpcClient("127.0.0.1:9", retries=1, backoff=0.01, timeout=2).status()
+    with pytest.raises(ModelFormatError, match="not a model server URL"):
+        client_from_url("grpc://127.0.0.1:8500")
+
+
+def test_serve_refuses_a_missing_base_path(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tailseg.cli", "serve", "--model-base-path",
+                             str(tmp_path / "absent")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "model base path not found" in result.stderr
+
+
+def test_a_new_version_is_served_without_restart(server, export, reference, images):
+    base = os.path.dirname(export["saved_model"])
+    staging = os.path.join(base, ".2.staging")
+    shutil.copytree(export["saved_model"], staging)
+    os.rename(staging, os.path.join(base, "2"))  # published atomically, as exports are
+    deadline, states = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        status = http("GET", f"{server.rest_url}/v1/models/tailseg")[1]
+        states = {s["version"]: s["state"] for s in status["model_version_status"]}
+        if states == {"2": "AVAILABLE", "1": "END"}:
+            break
+        time.sleep(0.2)
+    # The default policy serves the latest version only: version 1 is unloaded.
+    assert states == {"2": "AVAILABLE", "1": "END"}
+    client = GrpcClient(server.grpc_target, "tailseg", version=2)
+    np.testing.assert_allclose(client.predict(images), reference(images), atol=1e-6)
+    assert GrpcClient(server.grpc_target, "tailseg").status().model_version_status[0].version == 2
+    assert http("GET", f"{server.rest_url}/v1/models/tailseg/versions/1")[0] == 200  # END
+    assert http("POST", f"{server.rest_url}/v1/models/tailseg/versions/1:predict",
+                b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}')[0] == 404
