@@ -73,13 +73,16 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--convention", default="auto",
                         help="Reflectance convention of the images (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--plots", default=None, metavar="DIR",
+                        help="Save PNGs here: precision-recall curve, best/worst chips, and "
+                             "training curves when the model carries its history")
     parser.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args) -> int:
     from tailseg.backends import load_predictor
     from tailseg.dataset import find_pairs, load_chips
-    from tailseg.evaluate import evaluate_predictor
+    from tailseg.evaluate import evaluate_probabilities, predict_chips, threshold_sweep
 
     predictor = load_predictor(args.model)
     pairs, unpaired = find_pairs(args.data)
@@ -89,7 +92,11 @@ def _evaluate(args) -> int:
     if not chips:
         raise TailsegError(f"{args.data}: no usable chips ({len(excluded)} excluded)")
     threshold = args.threshold or predictor.metadata.get("threshold", 0.5)
-    report = evaluate_predictor(predictor, chips, threshold, args.batch_size)
+    probabilities = predict_chips(predictor, chips, args.batch_size)
+    report = evaluate_probabilities(chips, probabilities, threshold)
+    report["sweep"] = threshold_sweep(chips, probabilities, [i / 20 for i in range(1, 20)])
+    if args.plots:
+        _save_plots(Path(args.plots), chips, probabilities, report, predictor.metadata)
     report |= {"model": str(predictor.path), "backend": predictor.backend,
                "excluded": excluded | unpaired}
     _write_json(report, args.json_out)
@@ -404,6 +411,18 @@ def _validate(args) -> int:
           f"{len(result.valid_ids)} valid, {len(result.quarantined)} quarantined; report "
           f"{args.report}", file=sys.stderr)
     return 0 if result.usable else 1
+
+
+def _save_plots(folder: Path, chips, probabilities, report: dict, metadata: dict) -> None:
+    from tailseg import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = plots.evaluation_figures(chips, probabilities, report, report["sweep"])
+    if metadata.get("training_history"):
+        figures["training_curves"] = plots.training_curves(metadata["training_history"])
+    for name, png in figures.items():
+        (folder / f"{name}.png").write_bytes(png)
+    print(f"plots: {', '.join(sorted(figures))} in {folder}", file=sys.stderr)
 
 
 # --- registry --------------------------------------------------------------------------------

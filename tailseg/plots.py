@@ -82,3 +82,20 @@ def prediction_panels(chips: list[Chip], probabilities: list[np.ndarray], scores
             axis.axis("off")
     figure.suptitle(title)
     return _to_png(figure)
+
+
+def evaluation_figures(chips: list[Chip], probabilities: list[np.ndarray], metrics: dict,
+                       sweep: list[dict], panels: int = 3) -> dict[str, PNGImage]:
+    """The precision-recall curve and panels of the best and worst chips by IoU."""
+    threshold = metrics["threshold"]
+    figures = {"precision_recall_curve": precision_recall_curve(sweep, threshold)}
+    order = np.argsort([row["iou"] for row in metrics["per_chip"]])
+    count = min(panels, len(chips))
+    if count:
+        for name, picks in (("best_test_chips", order[::-1][:count]),
+                            ("worst_test_chips", order[:count])):
+            figures[name] = prediction_panels(
+                [chips[i] for i in picks], [probabilities[i] for i in picks],
+                [metrics["per_chip"][i]["iou"] for i in picks], threshold,
+                name.replace("_", " "))
+    return figures

@@ -36,6 +36,7 @@ def publish_model(model: keras.Model, config: RunConfig, split: dict, metrics: d
         return {"exported": False, "reasons": decision["reasons"]}, card
     pooled = {k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")}
     metadata = {"threshold": metrics["threshold"], "test_metrics": pooled,
+                "training_history": training.get("history", {}),
                 "zenml_model_version": zenml_version}
     info = export_for_serving(model, export.export_dir, export.model_name,
                               config.resolved_model().multiple, _parity_sample(config, split),

@@ -1,8 +1,13 @@
-"""Tailings sites as polygons: from a 0/1 mask raster to GeoJSON with geodesic areas.
+"""Tailings sites as polygons: from a 0/1 mask raster to GeoJSON with ellipsoidal areas.
+
+Areas are those on the WGS84 ellipsoid, computed for all sites at once in an equal-area
+projection (Lambert azimuthal) centred on them; geodesic_area_ha() gives the same with
+pyproj.Geod for single geometries. Every step is vectorised over the sites, because an
+untrained or noisy model can produce tens of thousands of them.
 
 Memory: polygonize() reads the uint8 mask whole (1 byte per pixel, 120 MB for a full
-Sentinel-2 tile, plus a boolean copy), because a site may span any number of blocks. The
-probability raster is read only inside each site's bounding box.
+Sentinel-2 tile, plus a boolean copy), because a site may span any number of blocks; the
+probability raster is read STRIP_ROWS rows at a time.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import shapely
 from pyproj import CRS, Geod, Transformer
-from rasterio.features import geometry_mask, shapes
-from rasterio.windows import Window, from_bounds
+from rasterio.features import rasterize, shapes
+from rasterio.windows import Window
 from shapely.geometry import mapping, shape
 from shapely.geometry.polygon import orient
 
@@ -29,6 +34,7 @@ SQUARE_METRES_PER_HECTARE = 10_000.0
 # Edges are split into pieces of at most this many pixels before reprojection, so long
 # straight edges in the source CRS stay close to their image after reprojection.
 SEGMENT_PIXELS = 64
+STRIP_ROWS = 1024  # rows of the probability raster read at a time for site means
 
 
 @dataclass(frozen=True)
@@ -56,29 +62,62 @@ def geodesic_area_ha(geometry: shapely.Geometry) -> float:
     return abs(total) / SQUARE_METRES_PER_HECTARE
 
 
-def to_wgs84(geometry: shapely.Geometry, crs, pixel_size: float) -> shapely.Geometry:
-    """Reproject a geometry from crs to EPSG:4326, densifying long edges first."""
+def to_wgs84(geometries: list[shapely.Geometry], crs, pixel_size: float) -> np.ndarray:
+    """Reproject geometries from crs to EPSG:4326 in one call, densifying long edges first."""
+    geometries = np.asarray(geometries, dtype=object)
     source = CRS.from_user_input(crs)
     if source == WGS84:
-        return geometry
-    geometry = shapely.segmentize(geometry, SEGMENT_PIXELS * pixel_size)
+        return geometries
+    geometries = shapely.segmentize(geometries, SEGMENT_PIXELS * pixel_size)
     transformer = Transformer.from_crs(source, WGS84, always_xy=True)
-    return shapely.transform(geometry, lambda xy: np.column_stack(
+    return shapely.transform(geometries, lambda xy: np.column_stack(
         transformer.transform(xy[:, 0], xy[:, 1])))
 
 
-def _mean_probability(probability, geometry: shapely.Geometry) -> float | None:
-    """Mean of the probability raster's valid pixels inside a geometry in its own CRS."""
-    box = from_bounds(*geometry.bounds, transform=probability.transform)
-    col, row = math.floor(box.col_off + 1e-6), math.floor(box.row_off + 1e-6)
-    window = Window(col, row, math.ceil(box.col_off + box.width - 1e-6) - col,
-                    math.ceil(box.row_off + box.height - 1e-6) - row)
-    window = window.intersection(Window(0, 0, probability.width, probability.height))
-    values = probability.read(1, window=window, masked=True)
-    inside = geometry_mask([geometry], values.shape, probability.window_transform(window),
-                           invert=True)
-    selected = values[inside & ~np.ma.getmaskarray(values)]
-    return float(selected.mean()) if selected.size else None
+def equal_area_ha(lonlat: np.ndarray) -> np.ndarray:
+    """Areas in hectares of lon/lat geometries, in one call: in a Lambert azimuthal equal-area
+    projection of the WGS84 ellipsoid centred on them, which preserves ellipsoidal areas."""
+    if not len(lonlat):
+        return np.zeros(0)
+    minx, miny, maxx, maxy = shapely.total_bounds(lonlat)
+    laea = CRS.from_proj4(f"+proj=laea +lat_0={(miny + maxy) / 2} +lon_0={(minx + maxx) / 2} "
+                          "+ellps=WGS84 +units=m +no_defs")
+    transformer = Transformer.from_crs(WGS84, laea, always_xy=True)
+    projected = shapely.transform(lonlat, lambda xy: np.column_stack(
+        transformer.transform(xy[:, 0], xy[:, 1])))
+    return shapely.area(projected) / SQUARE_METRES_PER_HECTARE
+
+
+def _row_spans(natives: np.ndarray, transform) -> tuple[np.ndarray, np.ndarray]:
+    """First and last-plus-one raster rows each geometry's bounding box touches."""
+    minx, miny, maxx, maxy = shapely.bounds(natives).T
+    inverse = ~transform
+    rows = np.stack([inverse.d * x + inverse.e * y + inverse.f
+                     for x in (minx, maxx) for y in (miny, maxy)])
+    return np.floor(rows.min(axis=0) + 1e-6), np.ceil(rows.max(axis=0) - 1e-6)
+
+
+def mean_probabilities(path: str | Path, features: list[dict], natives: np.ndarray
+                       ) -> np.ndarray:
+    """Mean valid probability inside each polygon (NaN if none), reading STRIP_ROWS rows at a
+    time and burning the polygons that reach each strip with rasterize."""
+    sums, counts = np.zeros(len(features) + 1), np.zeros(len(features) + 1)
+    with open_raster(path) as dataset:
+        first, last = _row_spans(natives, dataset.transform)
+        for top in range(0, dataset.height, STRIP_ROWS):
+            window = Window(0, top, dataset.width, min(STRIP_ROWS, dataset.height - top))
+            selected = np.flatnonzero((first < top + window.height) & (last > top))
+            if not selected.size:
+                continue
+            labels = rasterize(((features[i], i + 1) for i in selected),
+                               out_shape=(window.height, window.width), fill=0, dtype="int32",
+                               transform=dataset.window_transform(window))
+            values = dataset.read(1, window=window, masked=True)
+            keep = (labels > 0) & ~np.ma.getmaskarray(values)
+            sums += np.bincount(labels[keep], weights=values.data[keep], minlength=len(sums))
+            counts += np.bincount(labels[keep], minlength=len(counts))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts)[1:]
 
 
 def polygonize(mask_path: str | Path, probability_path: str | Path | None = None,
@@ -94,26 +133,21 @@ def polygonize(mask_path: str | Path, probability_path: str | Path | None = None
     with open_raster(mask_path) as dataset:
         foreground = dataset.read(1) == TAILINGS
         crs, transform = dataset.crs, dataset.transform
-    pixel_size = math.hypot(transform.a, transform.b)
-    geometries = [(shape(g), v) for g, v in shapes(foreground.view(np.uint8), mask=foreground,
-                                                  connectivity=connectivity,
-                                                  transform=transform)]
+    features = [g for g, _ in shapes(foreground.view(np.uint8), mask=foreground,
+                                     connectivity=connectivity, transform=transform)]
     del foreground
-    sites: list[Site] = []
-    probability = open_raster(probability_path) if probability_path else None
-    try:
-        for native, _ in geometries:
-            lonlat = to_wgs84(native, crs, pixel_size)
-            area = geodesic_area_ha(lonlat)
-            if area < min_area_ha:
-                continue
-            mean = _mean_probability(probability, native) if probability else None
-            pixels = round(native.area / abs(transform.a * transform.e - transform.b * transform.d))
-            sites.append(Site(len(sites) + 1, lonlat, area, mean, pixels))
-    finally:
-        if probability is not None:
-            probability.close()
-    return sites
+    natives = np.asarray([shape(g) for g in features], dtype=object)
+    lonlat = to_wgs84(natives, crs, math.hypot(transform.a, transform.b))
+    areas = equal_area_ha(lonlat)
+    pixels = np.rint(shapely.area(natives) / abs(transform.determinant)).astype(int)
+    if probability_path and len(features):
+        means = mean_probabilities(probability_path, features, natives)
+    else:
+        means = np.full(len(features), np.nan)
+    kept = np.flatnonzero(areas >= min_area_ha)
+    return [Site(number, lonlat[i], float(areas[i]),
+                 None if np.isnan(means[i]) else float(means[i]), int(pixels[i]))
+            for number, i in enumerate(kept, start=1)]
 
 
 def write_geojson(sites: list[Site], path: str | Path, properties: dict | None = None) -> Path:

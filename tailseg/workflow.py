@@ -103,15 +103,8 @@ def run_evaluation(model: keras.Model, split: dict, config: RunConfig) -> tuple[
     sweep = threshold_sweep(test, probabilities, config.evaluation.sweep)
     metrics |= {"test_sweep": sweep, "val_sweep": val_sweep,
                 "threshold_selection": str(config.evaluation.threshold)}
-    order = np.argsort([row["iou"] for row in metrics["per_chip"]])
-    figures = {"precision_recall_curve": plots.precision_recall_curve(sweep, threshold)}
-    count = min(config.evaluation.panels, len(test))
-    for name, picks in (("best_test_chips", order[::-1][:count]),
-                        ("worst_test_chips", order[:count])):
-        figures[name] = plots.prediction_panels(
-            [test[i] for i in picks], [probabilities[i] for i in picks],
-            [metrics["per_chip"][i]["iou"] for i in picks], threshold,
-            name.replace("_", " "))
+    figures = plots.evaluation_figures(test, probabilities, metrics, sweep,
+                                       config.evaluation.panels)
     return metrics, figures
 
 

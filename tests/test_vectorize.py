@@ -1,0 +1,143 @@
+"""Site polygons and change detection on masks built here: known areas, holes, connectivity."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+
+from tailseg.change import compare_sites, detect_change, read_sites
+from tailseg.config import ChangeConfig
+from tailseg.errors import VectorReadError
+from tailseg.vectorize import polygonize, write_geojson
+from tests.rasters import write_image, write_mask
+
+# WGS84 ellipsoid, for areas computed independently of pyproj.
+A, F = 6378137.0, 1 / 298.257223563
+E2 = F * (2 - F)
+
+
+def lonlat_box_area_m2(lat: float, dlon: float, dlat: float) -> float:
+    """Area of a small lon/lat box centred at lat, from the meridian (M) and prime-vertical (N)
+    radii of curvature of the ellipsoid."""
+    phi = math.radians(lat)
+    w = 1 - E2 * math.sin(phi) ** 2
+    m, n = A * (1 - E2) / w**1.5, A / math.sqrt(w)
+    return math.radians(dlon) * n * math.cos(phi) * math.radians(dlat) * m
+
+
+def test_areas_of_known_squares_in_wgs84(tmp_path):
+    pixel, origin = 1e-4, (-44.12, -20.11)
+    mask = np.zeros((300, 300), np.uint8)
+    sizes = {(10, 10): 20, (100, 150): 60, (200, 20): 5}
+    for (top, left), size in sizes.items():
+        mask[top:top + size, left:left + size] = 1
+    path = write_mask(tmp_path / "mask.tif", mask, transform=from_origin(*origin, pixel, pixel))
+    sites = polygonize(path)
+    assert len(sites) == 3
+    for site in sites:
+        lon, lat = site.geometry.centroid.x, site.geometry.centroid.y
+        size = round(math.sqrt(site.pixels))
+        expected = lonlat_box_area_m2(lat, size * pixel, size * pixel) / 1e4
+        assert site.area_ha == pytest.approx(expected, rel=0.01)
+        assert -44.12 < lon < -44.09 and -20.14 < lat < -20.11
+    assert sorted(s.pixels for s in sites) == [25, 400, 3600]
+
+
+def test_areas_of_known_squares_in_utm(tmp_path):
+    # EPSG:32723 (UTM 23S), 10 m pixels near the central meridian (45 W), scale factor 0.9996:
+    # grid areas are 0.9996^2 of true areas.
+    mask = np.zeros((200, 200), np.uint8)
+    mask[20:70, 30:80] = 1  # 50 x 50 pixels = 25 ha on the grid
+    mask[100:110, 150:190] = 1  # 10 x 40 pixels = 4 ha
+    path = write_mask(tmp_path / "mask.tif", mask, crs="EPSG:32723",
+                      transform=from_origin(500000, 7776000, 10, 10))
+    areas = sorted(site.area_ha for site in polygonize(path))
+    assert areas == pytest.approx([4 / 0.9996**2, 25 / 0.9996**2], rel=0.01)
+    # 1 % is loose: the ellipsoidal area agrees with the scale factor to 0.05 %.
+    assert areas == pytest.approx([4 / 0.9996**2, 25 / 0.9996**2], rel=5e-4)
+
+
+def test_holes_are_subtracted_and_connectivity_is_honoured(tmp_path):
+    mask = np.zeros((60, 60), np.uint8)
+    mask[5:25, 5:25] = 1
+    mask[10:20, 10:20] = 0  # a 10 x 10 hole in a 20 x 20 square
+    mask[30:40, 30:40] = 1
+    mask[40:50, 40:50] = 1  # touches the previous square at one corner only
+    path = write_mask(tmp_path / "mask.tif", mask, crs="EPSG:32723",
+                      transform=from_origin(500000, 7776000, 10, 10))
+    four = polygonize(path, connectivity=4)
+    assert sorted(s.pixels for s in four) == [100, 100, 300]
+    holed = next(s for s in four if s.pixels == 300)
+    assert holed.area_ha == pytest.approx(3.0, rel=0.01)
+    assert len(holed.geometry.interiors) == 1
+    assert sorted(s.pixels for s in polygonize(path, connectivity=8)) == [200, 300]
+    assert [s.pixels for s in polygonize(path, min_area_ha=2.5)] == [300]
+
+
+def test_nodata_and_background_are_not_sites_and_mean_probability(tmp_path):
+    transform = from_origin(500000, 7776000, 10, 10)
+    mask = np.full((40, 40), 255, np.uint8)
+    mask[:, 10:] = 0
+    mask[10:20, 20:30] = 1
+    probability = np.full((1, 40, 40), np.nan, np.float32)
+    probability[0, :, 10:] = 0.1
+    probability[0, 10:20, 20:30] = np.linspace(0.6, 1.0, 100).reshape(10, 10)
+    mask_path = write_mask(tmp_path / "mask.tif", mask, crs="EPSG:32723", transform=transform)
+    prob_path = write_image(tmp_path / "prob.tif", probability, crs="EPSG:32723",
+                            transform=transform, descriptions=None, nodata=float("nan"))
+    sites = polygonize(mask_path, prob_path)
+    assert len(sites) == 1
+    assert sites[0].mean_probability == pytest.approx(0.8, abs=1e-5)
+    out = write_geojson(sites, tmp_path / "sites.geojson", {"threshold": 0.5})
+    feature = json.loads(out.read_text())["features"][0]
+    assert feature["properties"]["id"] == 1 and feature["geometry"]["type"] == "Polygon"
+    assert feature["properties"]["area_ha"] == pytest.approx(1.0, rel=0.01)
+    lon, lat = feature["geometry"]["coordinates"][0][0]
+    assert -46 < lon < -44 and -21 < lat < -20  # EPSG:4326, longitude first
+
+
+def _sites_file(tmp_path, name, squares):
+    mask = np.zeros((120, 120), np.uint8)
+    for top, left, height, width in squares:
+        mask[top:top + height, left:left + width] = 1
+    path = write_mask(tmp_path / f"{name}.tif", mask, crs="EPSG:32723",
+                      transform=from_origin(500000, 7776000, 10, 10))
+    return write_geojson(polygonize(path), tmp_path / f"{name}.geojson")
+
+
+def test_change_between_two_dates(tmp_path):
+    before = _sites_file(tmp_path, "before", [(0, 0, 10, 10), (30, 30, 10, 10),
+                                              (60, 60, 10, 10), (100, 0, 10, 10),
+                                              (100, 30, 10, 10)])
+    after = _sites_file(tmp_path, "after", [(30, 30, 20, 10),  # grew from 1 to 2 ha
+                                            (60, 60, 10, 10),  # unchanged
+                                            (0, 100, 10, 10),  # appeared
+                                            (100, 0, 10, 40)])  # two sites merged and grew
+    summary = detect_change(before, after, tmp_path / "out" / "change.geojson")
+    assert summary["counts"] == {"grew": 2, "unchanged": 1, "appeared": 1, "disappeared": 1}
+    features = json.loads((tmp_path / "out" / "change.geojson").read_text())["features"]
+    by_status = {}
+    for feature in features:
+        by_status.setdefault(feature["properties"]["status"], []).append(feature["properties"])
+    assert by_status["disappeared"][0]["area_change_ha"] == pytest.approx(-1.0, rel=0.01)
+    assert by_status["appeared"][0]["area_after_ha"] == pytest.approx(1.0, rel=0.01)
+    merged = next(p for p in by_status["grew"] if len(p["before_ids"]) == 2)
+    assert merged["area_before_ha"] == pytest.approx(2.0, rel=0.01)
+    assert merged["area_change_ha"] == pytest.approx(2.0, rel=0.01)
+    assert summary["area_change_ha"] == pytest.approx(1 + 1 - 1 + 2, rel=0.01)
+    # A stricter relative threshold turns the 100 % growth into "unchanged".
+    strict = compare_sites(read_sites(before), read_sites(after),
+                           ChangeConfig(min_relative_change=1.5))
+    assert sum(f["properties"]["status"] == "unchanged" for f in strict) == 3
+
+
+def test_change_rejects_bad_geojson(tmp_path):
+    bad = tmp_path / "bad.geojson"
+    bad.write_text('{"type": "Feature"}')
+    with pytest.raises(VectorReadError, match="bad.geojson"):
+        read_sites(bad)
+    with pytest.raises(VectorReadError, match="not found"):
+        read_sites(tmp_path / "missing.geojson")
+    assert compare_sites([], []) == []
