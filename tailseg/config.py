@@ -34,10 +34,11 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """U-Net architecture. depth=2 with base_filters=64 is the seed's 10-conv U-Net."""
+    """U-Net architecture. depth=2 with base_filters=64 is the seed's 10-conv U-Net; the CPU
+    default trades filters for depth (a wider receptive field for large tailings ponds)."""
 
     base_filters: int = Field(16, ge=1)
-    depth: int = Field(2, ge=1, le=5, description="Number of 2x down-sampling steps.")
+    depth: int = Field(4, ge=1, le=5, description="Number of 2x down-sampling steps.")
     batch_norm: bool = True
     dropout: float = Field(0.1, ge=0, lt=1)
 
@@ -58,7 +59,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 class TrainConfig(Strict):
     """Optimisation, sampling and augmentation."""
 
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(60, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1, description="Default: one pass of crops.")
     batch_size: int = Field(8, ge=1, description="Global batch, split across GPUs if several.")
     learning_rate: float = Field(2e-3, gt=0)
@@ -70,7 +71,7 @@ class TrainConfig(Strict):
     brightness: float = Field(0.1, ge=0, description="Max relative brightness jitter.")
     contrast: float = Field(0.1, ge=0, description="Max relative contrast jitter.")
     saturation: float = Field(0.1, ge=0, description="Max relative saturation jitter.")
-    early_stopping_patience: int = Field(12, ge=1)
+    early_stopping_patience: int = Field(20, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="Stop training after this time.")
     mixed_precision: Literal["auto", "on", "off"] = Field(
         "auto", description="auto: mixed float16 on tensor-core GPUs, float32 on CPU.")

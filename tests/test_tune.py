@@ -1,0 +1,40 @@
+"""Optuna tuning on tiny data: the search respects its budget and its result configures
+training; a disabled search hands the configured values through."""
+
+import pytest
+
+from tailseg.config import ModelConfig, RunConfig, TrainConfig, TuningConfig
+from tailseg.dataset import load_chips, require_pairs
+from tailseg.tune import apply_best, tune
+from tailseg.workflow import run_tuning
+from tests.rasters import make_dataset
+
+
+def test_search_returns_best_params_within_the_grid(tmp_path):
+    chips, _ = load_chips(require_pairs(make_dataset(tmp_path, n_chips=4, size=32)))
+    config = TuningConfig(enabled=True, n_trials=3, epochs_per_trial=1, batch_sizes=[2, 4],
+                          losses=["bce", "dice"], base_filters=[2, 3], timeout_minutes=5)
+    train = TrainConfig(steps_per_epoch=1, crop_size=32, verbose=0)
+    result = tune(chips[:3], chips[3:], ModelConfig(base_filters=2, dropout=0), train, config)
+    best = result["best_params"]
+    assert set(best) == {"learning_rate", "batch_size", "loss", "base_filters"}
+    assert best["batch_size"] in (2, 4) and best["loss"] in ("bce", "dice")
+    assert best["base_filters"] in (2, 3)
+    assert 3e-4 <= best["learning_rate"] <= 5e-3
+    assert len(result["trials"]) == 3
+    assert result["best_value"] == max(t["value"] for t in result["trials"]
+                                       if t["state"] == "COMPLETE")
+    model, training = apply_best(ModelConfig(), TrainConfig(), best)
+    assert model.base_filters == best["base_filters"] and training.loss == best["loss"]
+
+
+def test_apply_best_rejects_unknown_hyperparameters():
+    with pytest.raises(ValueError, match="momentum"):
+        apply_best(ModelConfig(), TrainConfig(), {"momentum": 0.9})
+
+
+def test_disabled_tuning_passes_the_configured_values_through():
+    config = RunConfig.model_validate({"training": {"learning_rate": 0.001, "batch_size": 4}})
+    result = run_tuning({"train": [], "val": []}, config)
+    assert result == {"tuned": False, "best_params": {
+        "learning_rate": 0.001, "batch_size": 4, "loss": "bce_dice", "base_filters": 16}}
