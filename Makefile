@@ -34,4 +34,4 @@ bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(PYTHON) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) exports .pytest_cache
+	rm -rf $(VENV) exports runs logs .pytest_cache

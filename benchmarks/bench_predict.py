@@ -1,7 +1,7 @@
 """Benchmark whole-scene prediction: time and peak memory per backend over growing scenes.
 
 Each (scene size, backend) runs in a fresh process, so peak memory (ru_maxrss) is that run's.
-The model is the CPU default (ModelConfig(): base_filters 16, depth 2) with random weights
+The model is the CPU default (ModelConfig(): base_filters 16, depth 4) with random weights
 and an output bias of -8 (see export_cpu_model); speed does not depend on the weights.
 Scenes are uint16 digital numbers in UTM, tiled GeoTIFFs, written strip by strip.
 
@@ -133,7 +133,7 @@ def main() -> None:
             print(json.dumps(run), flush=True)
         scene.unlink()
     results = {"date": time.strftime("%Y-%m-%d"), "machine": os.uname().machine,
-               "cpus": os.cpu_count(), "model": "ModelConfig() (base_filters 16, depth 2)",
+               "cpus": os.cpu_count(), "model": f"ModelConfig() {ModelConfig().model_dump()}",
                "flops_per_pixel": flops, "window": 1024, "overlap": 128, "margin": 32,
                "cpu_peak_flops_assumed": CPU_PEAK_FLOPS, "runs": runs}
     out = ROOT / "benchmarks" / "results" / "predict.json"

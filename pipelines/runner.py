@@ -27,7 +27,10 @@ def effective_configuration(config_path: str | Path, overlay: str | Path | None 
         raw = merge_run_configs(raw, load_run_yaml(overlay))
     parameters = (raw.get("parameters") or {}).get("config") or {}
     config = resolve_paths(parse_config(parameters, str(config_path)), config_path.parent)
-    return {**raw, "parameters": {"config": config.model_dump(mode="json")}}
+    # fail_fast re-raises a step's own exception (e.g. DatasetValidationError naming the chips)
+    # instead of ZenML's generic "failure in step(s)" error.
+    return {"execution_mode": "fail_fast", **raw,
+            "parameters": {"config": config.model_dump(mode="json")}}
 
 
 def run_pipeline(name: str, config_path: str | Path, overlay: str | Path | None = None) -> dict:

@@ -116,11 +116,13 @@ def load_predictor(path: str | Path, backend: BackendName | None = None) -> Pred
     match backend:
         case "onnx":
             if path.is_dir():
-                onnx_files = sorted(path.glob("*.onnx")) or sorted(path.glob("*/model.onnx"))
+                versioned = [p for p in path.glob("*/model.onnx") if p.parent.name.isdigit()]
+                onnx_files = sorted(path.glob("*.onnx")) or sorted(
+                    versioned, key=lambda p: int(p.parent.name))
                 if not onnx_files:
                     raise ModelFormatError(f"{path}: no .onnx file inside")
                 path = onnx_files[-1]
             return load_onnx(path)
         case "tf":
             return load_tf(path)
-    raise ModelFormatError(f"unknown backend {backend!r}; use 'tf' or 'onnx'")
+    raise ModelFormatError(f"unknown backend {backend!r}; use 'tf', 'onnx' or a serving URL")

@@ -20,7 +20,7 @@ import shapely
 from shapely.geometry import mapping, shape
 
 from tailseg.config import ChangeConfig
-from tailseg.errors import VectorReadError
+from tailseg.errors import OutputExistsError, VectorReadError
 from tailseg.vectorize import geodesic_area_ha
 
 
@@ -103,10 +103,16 @@ def compare_sites(before: list, after: list, config: ChangeConfig | None = None)
 
 
 def detect_change(before_path: str | Path, after_path: str | Path, out_path: str | Path,
-                  config: ChangeConfig | None = None) -> dict:
-    """Compare two tailings GeoJSONs and write the change GeoJSON; return a summary."""
-    features = compare_sites(read_sites(before_path), read_sites(after_path), config)
+                  config: ChangeConfig | None = None, overwrite: bool = False) -> dict:
+    """Compare two tailings GeoJSONs and write the change GeoJSON; return a summary.
+
+    Raises:
+        OutputExistsError: out_path exists and overwrite is False.
+    """
     out_path = Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise OutputExistsError(f"{out_path}: already exists; pass --overwrite to replace it")
+    features = compare_sites(read_sites(before_path), read_sites(after_path), config)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     staged = out_path.with_name(f".{out_path.name}.tmp")
     collection = {"type": "FeatureCollection", "features": features,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tailseg.errors import TailsegError
+from tailseg.errors import ConfigError, TailsegError
 
 logger = logging.getLogger("tailseg")
 
@@ -91,7 +91,10 @@ def _evaluate(args) -> int:
     chips, excluded = load_chips(pairs, args.convention)
     if not chips:
         raise TailsegError(f"{args.data}: no usable chips ({len(excluded)} excluded)")
-    threshold = args.threshold or predictor.metadata.get("threshold", 0.5)
+    threshold = (args.threshold if args.threshold is not None
+                 else predictor.metadata.get("threshold", 0.5))
+    if not 0.0 < threshold < 1.0:
+        raise TailsegError(f"--threshold must lie between 0 and 1, got {threshold}")
     probabilities = predict_chips(predictor, chips, args.batch_size)
     report = evaluate_probabilities(chips, probabilities, threshold)
     report["sweep"] = threshold_sweep(chips, probabilities, [i / 20 for i in range(1, 20)])
@@ -132,7 +135,6 @@ def _add_serve(subparsers) -> None:
 def _serve(args) -> int:
     from pydantic import ValidationError
 
-    from tailseg.errors import ConfigError
     from tailseg.serving.server import ServeConfig, serve
 
     try:
@@ -176,7 +178,6 @@ def _predict_config(args):
     from pydantic import ValidationError
 
     from tailseg.config import PredictConfig
-    from tailseg.errors import ConfigError
 
     try:
         return PredictConfig(window=args.window, overlap=args.overlap, margin=args.margin,
@@ -238,8 +239,8 @@ def _change(args) -> int:
     name = f"{Path(args.before).stem}_to_{Path(args.after).stem}_change.geojson"
     config = ChangeConfig(min_relative_change=args.min_relative_change,
                           min_change_ha=args.min_change_ha)
-    print(json.dumps(detect_change(sites["before"], sites["after"], out / name, config),
-                     indent=2))
+    print(json.dumps(detect_change(sites["before"], sites["after"], out / name, config,
+                                   overwrite=args.overwrite), indent=2))
     return 0
 
 
@@ -385,7 +386,6 @@ def _validate(args) -> int:
     from pydantic import ValidationError
 
     from tailseg.config import load_run_yaml
-    from tailseg.errors import ConfigError
     from tailseg.validation import ValidationConfig, validate_dataset, write_reports
 
     if not args.verbose:  # GX logs its start-up at INFO, hundreds of lines.
@@ -397,7 +397,11 @@ def _validate(args) -> int:
         raise ConfigError(f"{args.config}: invalid validation settings:\n{error}") from error
     previous = None
     if args.previous_stats:
-        previous = json.loads(Path(args.previous_stats).read_text())
+        try:
+            previous = json.loads(Path(args.previous_stats).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{args.previous_stats}: not a readable JSON report ({error})"
+                              ) from error
         previous = previous.get("band_stats", previous)
     result = validate_dataset(args.data_dir, config, args.convention, previous)
     write_reports(result, args.report, args.html)

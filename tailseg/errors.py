@@ -37,6 +37,10 @@ class ModelFormatError(TailsegError, ValueError):
     """A model path is neither a SavedModel, a TF Serving base path nor an .onnx file."""
 
 
+class ExportError(TailsegError, RuntimeError):
+    """A model could not be exported (e.g. the ONNX conversion failed)."""
+
+
 class ConfigError(TailsegError, ValueError):
     """The run configuration is invalid."""
 

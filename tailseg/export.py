@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tailseg.constants import BANDS
+from tailseg.errors import ExportError
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "image"
@@ -77,7 +78,8 @@ def write_onnx(saved_model_dir: str | Path, onnx_path: str | Path, opset: int) -
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0 or not onnx_path.is_file():
-        raise RuntimeError(f"tf2onnx failed on {saved_model_dir}:\n{result.stderr[-3000:]}")
+        raise ExportError(f"{saved_model_dir}: tf2onnx conversion failed:\n"
+                          f"{result.stderr[-3000:]}")
     return onnx_path
 
 

@@ -59,6 +59,11 @@ def build_unet(config: ModelConfig, band_mean: np.ndarray, band_std: np.ndarray)
     return keras.Model(inputs, outputs, name="tailseg_unet")
 
 
+def model_multiple(model: keras.Model) -> int:
+    """Input height and width must be multiples of this: 2 ** (number of poolings)."""
+    return 2 ** sum(isinstance(layer, layers.MaxPooling2D) for layer in model.layers)
+
+
 def flops_per_pixel(model: keras.Model) -> float:
     """Forward-pass floating point operations per input pixel (2 per multiply-add).
 

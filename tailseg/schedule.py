@@ -193,8 +193,8 @@ def cron_line(cron_text: str, workdir: str = "/path/to/tailseg",
               config: str = "zenml.yaml") -> str:
     """A crontab line that runs the local pipeline at the times a 5-field cron gives."""
     parse_cron(cron_text, "kubernetes")
-    return (f"{cron_text} cd {workdir} && .venv/bin/tailseg run --config {config} "
-            ">> logs/retrain.log 2>&1")
+    return (f"{cron_text} cd {workdir} && mkdir -p logs && .venv/bin/tailseg run --config "
+            f"{config} >> logs/retrain.log 2>&1")
 
 
 def dataset_fingerprint(data_dir: str | Path) -> str:

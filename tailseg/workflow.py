@@ -12,12 +12,14 @@ import numpy as np
 from tailseg import plots
 from tailseg.config import RunConfig
 from tailseg.dataset import Chip, find_pairs, load_chip, split_ids
+from tailseg.errors import DatasetNotFoundError
 from tailseg.evaluate import (
     best_threshold,
     evaluate_probabilities,
     predict_chips,
     threshold_sweep,
 )
+from tailseg.model import model_multiple
 from tailseg.train import train_model
 from tailseg.tune import apply_best, tune
 
@@ -29,8 +31,8 @@ def chips_for(config: RunConfig, chip_ids: list[str]) -> list[Chip]:
     pairs = {pair.chip_id: pair for pair in find_pairs(config.data.data_dir)[0]}
     missing = [i for i in chip_ids if i not in pairs]
     if missing:
-        raise FileNotFoundError(f"{config.data.data_dir}: chips {missing} disappeared since "
-                                "validation")
+        raise DatasetNotFoundError(f"{config.data.data_dir}: chips {missing} disappeared "
+                                   "since validation")
     return [load_chip(pairs[i], config.data.convention) for i in chip_ids]
 
 
@@ -112,7 +114,7 @@ def evaluate_baseline(model: keras.Model, split: dict, config: RunConfig,
                       threshold: float) -> dict:
     """Metrics of another model (the production one) on this run's test split."""
     test = chips_for(config, split["test"])
-    predict = keras_predict(model, config.resolved_model().multiple)
+    predict = keras_predict(model, model_multiple(model))
     return evaluate_probabilities(test, predict_chips(predict, test), threshold)
 
 

@@ -1,6 +1,7 @@
 """Test-wide set-up: all ZenML state in a temporary directory, quiet TensorFlow."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,9 +25,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DATA = PROJECT_ROOT / "data" / "tailings-br"
 
 
-@pytest.fixture(scope="session")
-def zenml_home() -> Path:
-    return _ZENML_HOME
+@pytest.fixture(scope="session", autouse=True)
+def zenml_home():
+    yield _ZENML_HOME
+    shutil.rmtree(_ZENML_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

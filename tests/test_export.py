@@ -14,10 +14,11 @@ from tailseg.model import build_unet
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
-    model = build_unet(ModelConfig(base_filters=2, dropout=0), np.full(3, 0.1), np.full(3, 0.05))
-    first = export_model(model, root, "tailseg", 4, metadata={"threshold": 0.4},
+    config = ModelConfig(base_filters=2, dropout=0)
+    model = build_unet(config, np.full(3, 0.1), np.full(3, 0.05))
+    first = export_model(model, root, "tailseg", config.multiple, metadata={"threshold": 0.4},
                          extra_assets={"model_card.md": "# card"})
-    second = export_model(model, root, "tailseg", 4)
+    second = export_model(model, root, "tailseg", config.multiple)
     return model, root, first, second
 
 

@@ -11,7 +11,8 @@ import yaml
 from tailseg.cli import main
 
 TINY = {
-    "data": {"max_chips": 8},
+    "data": {},
+    "validation": {"min_valid_chips": 5, "max_quarantined_share": 0.2},
     "model": {"base_filters": 2, "depth": 2, "dropout": 0.0},
     "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 64,
                  "verbose": 0},
@@ -29,12 +30,30 @@ def write_config(path: Path, data_dir: Path, export_dir: Path, **overrides) -> P
     return path
 
 
+def subset(folder: Path, bundled_data: Path, chip_ids: list[str]) -> Path:
+    """A dataset folder linking some of the bundled chips (validation then stays quick)."""
+    for kind in ("images", "masks"):
+        (folder / kind).mkdir(parents=True)
+        for chip in chip_ids:
+            (folder / kind / f"{chip}.tif").symlink_to(bundled_data / kind / f"{chip}.tif")
+    return folder
+
+
+EIGHT_AND_TRUNCATED = ["chip_000", "chip_002", "chip_003", "chip_004", "chip_005", "chip_006",
+                       "chip_007", "chip_008", "chip_023"]
+
+
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, bundled_data, zenml_home):
+def data_dir(tmp_path_factory, bundled_data) -> Path:
+    return subset(tmp_path_factory.mktemp("data"), bundled_data, EIGHT_AND_TRUNCATED)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, data_dir, zenml_home):
     from pipelines.runner import run_pipeline
 
     root = tmp_path_factory.mktemp("pipeline")
-    config = write_config(root / "zenml.yaml", bundled_data, root / "exports")
+    config = write_config(root / "zenml.yaml", data_dir, root / "exports")
     return root, run_pipeline("training", config)
 
 
@@ -60,12 +79,14 @@ def test_run_exports_a_versioned_model_and_promotes_it(first_run):
     split = run.steps["data_splitter"].outputs["data_split"][0].load()
     assert "chip_023" not in split["train"] + split["val"] + split["test"]
     assert sum(len(split[k]) for k in ("train", "val", "test")) == 8
+    report = run.steps["dataset_validator"].outputs["validation_report"][0].load()
+    assert "chip_023" in str(report)
 
 
-def test_impossible_gate_rejects_and_leaves_serving_untouched(first_run, bundled_data, capsys):
+def test_impossible_gate_rejects_and_leaves_serving_untouched(first_run, data_dir, capsys):
     root, _ = first_run
     before = sorted(p.name for p in (root / "exports" / "serving" / "tailseg").iterdir())
-    config = write_config(root / "strict.yaml", bundled_data, root / "exports",
+    config = write_config(root / "strict.yaml", data_dir, root / "exports",
                           gate={"min_iou": 1.0})
     assert main(["run", "--config", str(config)]) == 3
     err = capsys.readouterr().err
@@ -82,18 +103,25 @@ def test_impossible_gate_rejects_and_leaves_serving_untouched(first_run, bundled
     assert latest.stage is None or latest.stage != ModelStages.PRODUCTION
 
 
+def test_unusable_dataset_stops_the_run_before_training(first_run, bundled_data, tmp_path,
+                                                        capsys):
+    root, _ = first_run
+    data = subset(tmp_path / "data", bundled_data, ["chip_000", "chip_002", "chip_023"])
+    config = write_config(tmp_path / "bad.yaml", data, root / "exports")
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "chip_023" in err and "quarantined" in err
+    assert sorted(p.name for p in (root / "exports" / "serving" / "tailseg").iterdir()) == ["1"]
+
+
 def test_evaluate_cli_scores_the_export_with_each_backend(first_run, bundled_data, tmp_path):
     root, summary = first_run
-    subset = tmp_path / "data"
-    for folder in ("images", "masks"):
-        (subset / folder).mkdir(parents=True)
-        for chip in ("chip_000", "chip_002"):
-            (subset / folder / f"{chip}.tif").symlink_to(bundled_data / folder / f"{chip}.tif")
+    data = subset(tmp_path / "data", bundled_data, ["chip_000", "chip_002"])
     reports = {}
     for name, model in (("base", root / "exports" / "serving" / "tailseg"),
                         ("onnx", Path(summary["export"]["onnx"]))):
         out = tmp_path / f"{name}.json"
-        assert main(["evaluate", "--model", str(model), "--data", str(subset),
+        assert main(["evaluate", "--model", str(model), "--data", str(data),
                      "--json", str(out)]) == 0
         reports[name] = json.loads(out.read_text())
     for report in reports.values():

@@ -69,9 +69,12 @@ def launch_server(serve_args: list[str], workdir: str | Path,
     server = ServerProcess(process, 0, 0, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in out_path.read_text().splitlines():
-            if line.startswith("{") and json.loads(line).get("ready"):
-                ready = json.loads(line)
+        # Only whole lines: the server may be half-way through writing its ready line.
+        for line in out_path.read_text().splitlines(keepends=True):
+            if not (line.startswith("{") and line.endswith("\n")):
+                continue
+            ready = json.loads(line)
+            if ready.get("ready"):
                 server.rest_port, server.grpc_port = ready["rest_port"], ready["grpc_port"]
                 return server
         if process.poll() is not None:
