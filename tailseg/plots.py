@@ -35,6 +35,8 @@ def training_curves(history: dict[str, list[float]]) -> PNGImage:
                           label=("validation " if prefix else "training ") + metric)
         axis.set_xlabel("epoch")
         axis.set_title(metric)
+        if metric == "loss":
+            axis.set_yscale("log")  # the first validation epochs can be orders larger
         axis.grid(alpha=0.3)
         axis.legend()
     return _to_png(figure)
