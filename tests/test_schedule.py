@@ -72,7 +72,8 @@ def test_local_orchestrator_refuses_with_a_crontab_line():
         validate_schedule(config, "local", "zenml.k8s.yaml")
     text = str(error.value)
     assert "'local' orchestrator cannot run pipelines on a schedule" in text
-    assert "0 3 * * 1 cd /path/to/tailseg && mkdir -p logs && .venv/bin/tailseg run --config zenml.yaml" in text
+    assert ("0 3 * * 1 cd /path/to/tailseg && mkdir -p logs && .venv/bin/tailseg run "
+            "--config zenml.yaml") in text
     # The crontab line itself is checked: an invalid cron never becomes advice.
     with pytest.raises(ScheduleError, match="hour field"):
         cron_line("0 99 * * *")
