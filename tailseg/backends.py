@@ -95,9 +95,11 @@ def load_onnx(path: str | Path, threads: int | None = None) -> Predictor:
         return session.run([wanted], {input_name: images})[0]
 
     metadata = {}
-    sibling = path.parent.parent.parent / "serving"  # exports/onnx/<name>/<v> -> exports/serving
-    candidate = sibling / path.parent.parent.name / path.parent.name
-    if candidate.is_dir():
+    # exports/onnx/<name>/<v>/model.onnx -> the metadata of exports/serving/<name>/<v>/
+    parents = path.resolve().parents
+    candidate = (parents[3] / "serving" / parents[1].name / parents[0].name
+                 if len(parents) > 3 else None)
+    if candidate is not None and candidate.is_dir():
         metadata = read_metadata(candidate)
     return Predictor(predict, "onnx", path, metadata)
 

@@ -51,6 +51,7 @@ def test_versions_increase_and_metadata_travels(exported):
     assert resolve_saved_model(root / "serving" / "tailseg").name == "2"
     predictor = load_predictor(first["saved_model"])
     assert predictor.metadata["threshold"] == 0.4
+    assert load_predictor(first["onnx"]).metadata["threshold"] == 0.4  # found beside the ONNX
     assert (root / "serving/tailseg/1/assets.extra/model_card.md").read_text() == "# card"
 
 

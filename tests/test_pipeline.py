@@ -122,7 +122,11 @@ def test_evaluate_cli_scores_the_export_with_each_backend(first_run, bundled_dat
                         ("onnx", Path(summary["export"]["onnx"]))):
         out = tmp_path / f"{name}.json"
         assert main(["evaluate", "--model", str(model), "--data", str(data),
-                     "--json", str(out)]) == 0
+                     "--json", str(out), "--plots", str(tmp_path / name)]) == 0
+        pngs = sorted(p.name for p in (tmp_path / name).glob("*.png"))
+        assert pngs == ["best_test_chips.png", "precision_recall_curve.png",
+                        "training_curves.png", "worst_test_chips.png"]
+        assert all(p.read_bytes()[:4] == b"\x89PNG" for p in (tmp_path / name).glob("*.png"))
         reports[name] = json.loads(out.read_text())
     for report in reports.values():
         assert {"iou", "f1", "precision", "recall", "accuracy", "per_chip"} <= report.keys()
