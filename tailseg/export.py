@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -116,25 +116,33 @@ def staged_directory(final: Path) -> Iterator[Path]:
 
 def export_model(model: keras.Model, export_dir: str | Path, model_name: str, multiple: int,
                  opset: int = 17, metadata: dict | None = None,
-                 extra_assets: dict[str, str] | None = None) -> dict[str, str | int]:
+                 extra_assets: dict[str, str] | None = None,
+                 before_publish: Callable[[Path, Path], dict] | None = None) -> dict:
     """Export a new version: exports/serving/<name>/<v>/ and exports/onnx/<name>/<v>/model.onnx.
 
+    Args:
+        before_publish: called with the staged SavedModel directory and ONNX file before they
+            are renamed into place; it may add files (e.g. warm-up requests) and raises to
+            publish nothing. What it returns is merged into the result.
+
     Returns:
-        {"version", "saved_model", "onnx"} with absolute paths.
+        {"version", "saved_model", "onnx"} with absolute paths, plus before_publish's result.
     """
     export_dir = Path(export_dir).resolve()
     serving_base = export_dir / "serving" / model_name
     onnx_base = export_dir / "onnx" / model_name
     version = next_version(serving_base, onnx_base)
     metadata = {**(metadata or {}), "version": version, "model_name": model_name,
-                "input": INPUT_NAME, "output": OUTPUT_NAME, "bands": list(BANDS)}
+                "input": INPUT_NAME, "output": OUTPUT_NAME, "bands": list(BANDS),
+                "onnx_opset": opset}
     saved_final, onnx_final = serving_base / str(version), onnx_base / str(version)
     with staged_directory(saved_final) as saved_stage, staged_directory(onnx_final) as onnx_stage:
         saved_model = saved_stage / "model"
         write_saved_model(model, saved_model, multiple, metadata, extra_assets)
-        write_onnx(saved_model, onnx_stage / "model.onnx", opset)
+        onnx_path = write_onnx(saved_model, onnx_stage / "model.onnx", opset)
+        checks = before_publish(saved_model, onnx_path) if before_publish else {}
         for item in saved_model.iterdir():
             item.rename(saved_stage / item.name)
         saved_model.rmdir()
     return {"version": version, "saved_model": str(saved_final),
-            "onnx": str(onnx_final / "model.onnx")}
+            "onnx": str(onnx_final / "model.onnx"), **checks}

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from tailseg.config import RunConfig
+from tailseg.model import model_multiple
 from tailseg.model_card import render_model_card
 from tailseg.serving.package import export_for_serving
 from tailseg.workflow import chips_for
@@ -39,7 +40,7 @@ def publish_model(model: keras.Model, config: RunConfig, split: dict, metrics: d
                 "training_history": training.get("history", {}),
                 "zenml_model_version": zenml_version}
     info = export_for_serving(model, export.export_dir, export.model_name,
-                              config.resolved_model().multiple, _parity_sample(config, split),
+                              model_multiple(model), _parity_sample(config, split),
                               opset=export.onnx_opset, metadata=metadata,
                               canary=config.gate.promote_to == "staging",
                               extra_assets={MODEL_CARD: card})

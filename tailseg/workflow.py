@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from tailseg import plots
 from tailseg.config import RunConfig
@@ -71,16 +70,15 @@ def run_training(split: dict, hyperparameters: dict, config: RunConfig):
     return result.model, history, plots.training_curves(result.history)
 
 
-def keras_predict(model: keras.Model, multiple: int):
-    """A predict function for chips of any size (padded to the model's multiple, cropped)."""
-    from tailseg.dataset import pad_to_multiple
+def keras_predict(model: keras.Model):
+    """A predict function for chips of any size: the exported serving function itself, so
+    evaluation scores exactly what is exported (padding included)."""
+    import tensorflow as tf
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        height, width = images.shape[1:3]
-        padded = np.stack([pad_to_multiple(image, multiple) for image in images])
-        return model.predict(padded, verbose=0)[:, :height, :width]
+    from tailseg.export import OUTPUT_NAME, serving_function
 
-    return predict
+    serve = serving_function(model, model_multiple(model))
+    return lambda images: serve(tf.constant(images, tf.float32))[OUTPUT_NAME].numpy()
 
 
 def run_evaluation(model: keras.Model, split: dict, config: RunConfig) -> tuple[dict, dict]:
@@ -90,7 +88,7 @@ def run_evaluation(model: keras.Model, split: dict, config: RunConfig) -> tuple[
         (metrics dict with pooled/per-chip test metrics, sweep, threshold,
          {"precision_recall_curve", "best_test_chips", "worst_test_chips"} PNG figures)
     """
-    predict = keras_predict(model, config.resolved_model().multiple)
+    predict = keras_predict(model)
     batch = config.evaluation.batch_size
     if config.evaluation.threshold == "best_val_iou":
         val = chips_for(config, split["val"])
@@ -114,7 +112,7 @@ def evaluate_baseline(model: keras.Model, split: dict, config: RunConfig,
                       threshold: float) -> dict:
     """Metrics of another model (the production one) on this run's test split."""
     test = chips_for(config, split["test"])
-    predict = keras_predict(model, model_multiple(model))
+    predict = keras_predict(model)
     return evaluate_probabilities(test, predict_chips(predict, test), threshold)
 
 

@@ -13,15 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tailseg.constants import BANDS
-from tailseg.export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    next_version,
-    staged_directory,
-    write_onnx,
-    write_saved_model,
-)
+from tailseg.export import export_model
 from tailseg.serving.infra_validate import run_infra_validation
 from tailseg.serving.model_config import CONFIG_FILE, publish_labels, read_model_config
 from tailseg.serving.parity import check_parity
@@ -66,31 +58,20 @@ def export_for_serving(model: keras.Model, export_dir: str | Path, model_name: s
         InfraValidationError: the version does not load or answer in a fresh process.
     """
     images = check_image(np.asarray(sample_images, np.float32), "sample_images")
-    export_dir = Path(export_dir).resolve()
-    serving_base = export_dir / "serving" / model_name
-    onnx_base = export_dir / "onnx" / model_name
-    version = next_version(serving_base, onnx_base)
-    metadata = {**(metadata or {}), "version": version, "model_name": model_name,
-                "input": INPUT_NAME, "output": OUTPUT_NAME, "bands": list(BANDS),
-                "onnx_opset": opset}
-    extra = {"extra_assets": extra_assets} if extra_assets else {}
-    saved_final, onnx_final = serving_base / str(version), onnx_base / str(version)
-    with staged_directory(saved_final) as saved_stage, staged_directory(onnx_final) as onnx_stage:
-        saved_model = saved_stage / "model"
-        write_saved_model(model, saved_model, multiple, metadata, **extra)
+
+    def validate(saved_model: Path, onnx_path: Path) -> dict:
         write_warmup_file(saved_model, images, model_name, min(warmup_records, len(images)))
-        onnx_path = write_onnx(saved_model, onnx_stage / "model.onnx", opset)
         difference = check_parity(saved_model, onnx_path, images, parity_tolerance)
-        infra = run_infra_validation(saved_model, model_name)
-        for item in saved_model.iterdir():
-            item.rename(saved_stage / item.name)
-        saved_model.rmdir()
+        return {"parity_max_abs_diff": difference,
+                "infra_validation": run_infra_validation(saved_model, model_name)}
+
+    info = export_model(model, export_dir, model_name, multiple, opset, metadata, extra_assets,
+                        before_publish=validate)
+    export_dir = Path(export_dir).resolve()
+    serving_base, version = export_dir / "serving" / model_name, info["version"]
     config_path = export_dir / "serving" / CONFIG_FILE
     stable, canary_version = _labels(config_path, model_name, serving_base, version, canary)
     publish_labels(config_path, model_name, serving_base_path or serving_base, stable,
                    canary_version)
     labels = {"stable": stable} | ({"canary": canary_version} if canary_version else {})
-    return {"version": version, "saved_model": str(saved_final),
-            "onnx": str(onnx_final / "model.onnx"), "models_config": str(config_path),
-            "labels": labels, "parity_max_abs_diff": difference, "infra_validation": infra,
-            "opset": opset}
+    return {**info, "models_config": str(config_path), "labels": labels, "opset": opset}
