@@ -3,9 +3,8 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export ZENML_ANALYTICS_OPT_IN := false
-export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test test-slow lint bench clean
+.PHONY: run test test-slow lint bench mutation clean
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -33,5 +32,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(PYTHON) $$script || exit 1; done
 
+## Mutation testing of the decision code with mutmut (config: [tool.mutmut] in pyproject.toml),
+## its score, then the six release-rule mutations of mutation/release_rules.py. Not part of
+## `make test`; about half an hour on 2 cores.
+mutation: $(STAMP)
+	rm -rf mutants
+	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut export-cicd-stats
+	$(PYTHON) mutation/score.py
+	$(PYTHON) mutation/release_rules.py
+
 clean:
-	rm -rf $(VENV) exports runs logs .pytest_cache
+	rm -rf $(VENV) exports runs logs .pytest_cache mutants

@@ -1,6 +1,8 @@
 """Serving benchmark: p50/p99 latency and throughput of 448 x 448 predictions in process, over
 gRPC and over REST (several concurrent clients) against `tailseg serve` in the same run, plus
-TF vs ONNX Runtime throughput on the same real chips.
+TF vs ONNX Runtime throughput on the same real chips, REST with and without the garbage
+collector paused around JSON (a second server with TAILSEG_GC_PAUSE=0, client likewise), and
+the server's peak memory under concurrent large requests bounded by the pixel budget.
 
 Run: .venv/bin/python benchmarks/bench_serving.py [--requests 24] [--clients 1 4]
 Writes benchmarks/results/serving.json. The model is the "cpu" preset U-Net, untrained (the
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -39,6 +42,52 @@ def real_chips(data_dir: str, count: int) -> np.ndarray:
         if len(chips) == count:
             break
     return np.stack(chips).astype(np.float32)
+
+
+def cpu() -> dict:
+    """CPU model and the instruction sets TensorFlow's kernels use, from /proc/cpuinfo."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    flags = set(fields.get("flags\t\t", fields.get("flags", "")).split())
+    return {"model": fields.get("model name\t", platform.processor()).strip(),
+            "cores": os.cpu_count(),
+            "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "fma"})}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def bounded_load(server, side: int, clients: int, requests: int) -> dict:
+    """`clients` threads each send `requests` side x side chips over gRPC at once."""
+    image = np.random.default_rng(0).uniform(.02, .3, (1, side, side, 3)).astype(np.float32)
+    before = peak_rss_mb(server.process.pid)
+    outcomes: list[str] = []
+
+    def worker() -> None:
+        client = GrpcClient(server.grpc_target, timeout=600, retries=0)
+        for _ in range(requests):
+            try:
+                client.predict(image)
+                outcomes.append("OK")
+            except Exception as error:  # RESOURCE_EXHAUSTED when the queue is full
+                outcomes.append(getattr(error, "status", type(error).__name__))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"side": side, "clients": clients, "requests_per_client": requests,
+            "outcomes": {o: outcomes.count(o) for o in sorted(set(outcomes))},
+            "wall_s": round(time.perf_counter() - start, 1),
+            "server_peak_rss_mb_before": before,
+            "server_peak_rss_mb_after": peak_rss_mb(server.process.pid)}
 
 
 def measure(make_predict: Callable[[], Callable], chips: np.ndarray, requests: int,
@@ -103,12 +152,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4],
                         help="Concurrent clients of the throughput runs")
     parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--load-side", type=int, default=2300,
+                        help="Chip side of the bounded-memory load (0 skips it)")
+    parser.add_argument("--load-clients", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/serving.json")
     args = parser.parse_args()
 
     chips = real_chips(args.data, args.chips)
     model = build_unet(MODEL_PRESETS[args.preset], np.full(3, .1), np.full(3, .05))
     results: dict = {"date": date.today().isoformat(), "machine": platform.machine(),
+                     "cpu": cpu(), "tensorflow_flags": "stock wheel (no XLA, oneDNN default)",
                      "preset": args.preset, "image": [448, 448, 3], "batch": 1}
     with tempfile.TemporaryDirectory() as workdir:
         export = export_for_serving(model, Path(workdir) / "exports", "tailseg", 4, chips[:3])
@@ -129,6 +182,32 @@ def main() -> None:
                     row = {"path": name, **measure(make, chips, args.requests, clients)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
+            if args.load_side:
+                results["bounded_load"] = {
+                    "max_pixels_in_flight": 12 * 2**20,
+                    **bounded_load(server, args.load_side, args.load_clients, 2)}
+                print(json.dumps(results["bounded_load"]), flush=True)
+        # The "before": the same measurement with the collector left running, both sides.
+        os.environ["TAILSEG_GC_PAUSE"] = "0"
+        try:
+            with launch_server(["--model-base-path", base, "--max-request-bytes", str(2**28)],
+                               Path(workdir) / "server-gc") as server:
+                unpaused = paired({"in_process_tf": tf_predictor,
+                                   "grpc": GrpcClient(server.grpc_target).predict,
+                                   "rest": RestClient(server.rest_url).predict},
+                                  chips, args.requests)
+        finally:
+            del os.environ["TAILSEG_GC_PAUSE"]
+        paused = results["batch1_interleaved"]
+        results["rest_gc_pause"] = {
+            "gc_running": unpaused, "gc_paused": paused,
+            "rest_p50_ratio_paused_over_running": round(
+                paused["rest"]["p50_ms"] / unpaused["rest"]["p50_ms"], 3),
+            "rest_over_grpc_p50_paused": round(
+                paused["rest"]["p50_ms"] / paused["grpc"]["p50_ms"], 2),
+            "rest_over_grpc_p50_running": round(
+                unpaused["rest"]["p50_ms"] / unpaused["grpc"]["p50_ms"], 2)}
+        print(json.dumps(results["rest_gc_pause"]), flush=True)
         # The in-process runs happened while the idle server shared the CPU too.
         results["latency"] = rows
         results["grpc_overhead_batch1"] = \

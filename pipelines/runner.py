@@ -9,11 +9,15 @@ from pathlib import Path
 
 import yaml
 
+from pipelines import schedules
+from tailseg.budget import training_schedule_summary
 from tailseg.config import load_run_yaml, parse_config
 from tailseg.workflow import resolve_paths
 
 logger = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SITE_SUMMARY = ("sites_labelled", "sites_found", "site_recall", "false_sites_per_100km2",
+                "area_error_median")
 
 
 def effective_configuration(config_path: str | Path, overlay: str | Path | None = None) -> dict:
@@ -42,16 +46,32 @@ def run_pipeline(name: str, config_path: str | Path, overlay: str | Path | None 
 
     pipelines = {"training": training}
     effective = effective_configuration(config_path, overlay)
+    scheduled = schedules.schedule_name(effective) if effective.get("schedule") else None
+    # ZenML refuses a second schedule of the same name: submitting again replaces it.
+    replaced = schedules.remove_schedule(scheduled) if scheduled else None
     source_utils.set_custom_source_root(str(PROJECT_ROOT))
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "run.yaml"
         path.write_text(yaml.safe_dump(effective, sort_keys=False))
         run = pipelines[name].with_options(config_path=str(path))()
+    if scheduled:  # ZenML returns no run for a scheduled submission
+        return schedules.submitted_schedule(scheduled, replaced)
     run = Client().get_pipeline_run(run.id)
-    summary = {"run": run.name, "status": str(run.status.value)}
+    summary = {"run": run.name, "status": str(run.status.value), **stage_seconds(run)}
     if name == "training":
         summary |= _training_summary(run)
     return summary
+
+
+def stage_seconds(run) -> dict:
+    """How long the run and each of its steps took, in seconds, steps in the order they ran."""
+    def seconds(model) -> float | None:
+        if model.start_time is None or model.end_time is None:
+            return None
+        return round((model.end_time - model.start_time).total_seconds(), 1)
+
+    steps = sorted(run.steps.values(), key=lambda step: step.start_time or run.start_time)
+    return {"seconds": seconds(run), "stages": {step.name: seconds(step) for step in steps}}
 
 
 def _load(run, step: str, output: str):
@@ -62,7 +82,10 @@ def _training_summary(run) -> dict:
     metrics = _load(run, "model_evaluator", "test_metrics")
     decision = _load(run, "model_gate", "gate_decision")
     export = _load(run, "model_exporter", "export_info")
-    return {"test": {k: round(metrics[k], 4) for k in ("iou", "f1", "precision", "recall",
+    training = _load(run, "model_trainer", "training_history")
+    return {"training": training_schedule_summary(training),
+            "test": {k: round(metrics[k], 4) for k in ("iou", "f1", "precision", "recall",
                                                         "accuracy", "threshold")},
+            "sites": {k: metrics["sites"][k] for k in SITE_SUMMARY if "sites" in metrics},
             "blessed": decision["blessed"], "reasons": decision["reasons"], "export": export,
             "stage": _load(run, "model_promoter", "model_stage")}

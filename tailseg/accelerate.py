@@ -18,6 +18,7 @@ Usage in training (the policy must be set before the model is built)::
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,7 +60,7 @@ def configure_precision(enabled: MixedPrecision | bool = "auto",
         use_mixed = enabled in ("on", True)
     policy = MIXED_POLICY if use_mixed else "float32"
     keras.mixed_precision.set_global_policy(policy)
-    logger.info("dtype policy %s (%d GPU(s), mixed precision %s)", policy, len(gpus), enabled)
+    logger.debug("dtype policy %s (%d GPU(s), mixed precision %s)", policy, len(gpus), enabled)
     return policy
 
 
@@ -110,4 +111,9 @@ def plan_acceleration(mixed_precision: MixedPrecision | bool = "auto",
     gpus = gpu_devices() if gpus is None else gpus
     enable_memory_growth(gpus)
     policy = configure_precision(mixed_precision, gpus)
+    if gpus:
+        logger.info("running on %d GPU(s), dtype policy %s", len(gpus), policy)
+    else:
+        logger.info("no GPU found: running on the CPU (%d cores, TF_CPU_ALLOCATOR_USE_BFC=%s)",
+                    os.cpu_count() or 1, os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "unset"))
     return AccelerationPlan(distribution_strategy(gpus), policy, len(gpus))

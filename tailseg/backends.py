@@ -11,8 +11,6 @@ A model path is resolved by what it holds:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -20,21 +18,9 @@ import numpy as np
 
 from tailseg.errors import ModelFormatError
 from tailseg.export import INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE, existing_versions
+from tailseg.predictor import Predictor
 
 BackendName = Literal["tf", "onnx"]
-
-
-@dataclass
-class Predictor:
-    """A loaded model. predict takes float32 reflectance and returns probabilities."""
-
-    predict: Callable[[np.ndarray], np.ndarray]
-    backend: str
-    path: Path | str  # a str for server URLs
-    metadata: dict = field(default_factory=dict)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.predict(np.asarray(images, dtype=np.float32))
 
 
 def resolve_saved_model(path: str | Path) -> Path:

@@ -6,7 +6,9 @@ merged with its neighbour, a dam split in two) form one group, compared by total
 - grew / shrank: the area changed by more than min_relative_change of the before area and
   more than min_change_ha; unchanged otherwise.
 Areas are recomputed on the WGS84 ellipsoid from the geometries, so the two GeoJSONs may come
-from scenes of different grids or CRSs.
+from scenes of different grids or CRSs. Sites smaller than min_area_ha (default 0.5 ha, as in
+prediction: tailseg.constants.MIN_SITE_AREA_HA) are ignored, so specks that come and go with
+the noise of the model or the pixel grid are not reported as changes.
 """
 
 from __future__ import annotations
@@ -77,14 +79,25 @@ def _status(area_before: float, area_after: float, config: ChangeConfig) -> str:
     return "grew" if change > 0 else "shrank"
 
 
+def _large(sites: list, min_area_ha: float) -> list:
+    """Sites below min_area_ha replaced by empty geometries, so the others keep their ids."""
+    return [site if geodesic_area_ha(site) >= min_area_ha else shapely.Polygon()
+            for site in sites]
+
+
 def compare_sites(before: list, after: list, config: ChangeConfig | None = None) -> list[dict]:
     """GeoJSON features, one per group of overlapping sites, with status and areas in ha.
 
     The geometry is the union of the group's after-sites (the before-sites if it disappeared).
     """
     config = config or ChangeConfig()
+    before, after = _large(before, config.min_area_ha), _large(after, config.min_area_ha)
     features = []
     for before_ids, after_ids in _groups(before, after):
+        before_ids = [i for i in before_ids if not before[i].is_empty]
+        after_ids = [i for i in after_ids if not after[i].is_empty]
+        if not before_ids and not after_ids:
+            continue  # a site below min_area_ha
         area_before = sum(geodesic_area_ha(before[i]) for i in before_ids)
         area_after = sum(geodesic_area_ha(after[i]) for i in after_ids)
         kept = [after[i] for i in after_ids] or [before[i] for i in before_ids]

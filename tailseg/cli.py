@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from tailseg import runtime
 from tailseg.errors import ConfigError, TailsegError
 
 logger = logging.getLogger("tailseg")
@@ -39,22 +42,69 @@ def _add_run(subparsers) -> None:
                         help="Stack overlay merged over --config, e.g. zenml.k8s.yaml")
     parser.add_argument("--pipeline", default="training", choices=["training"],
                         help="Pipeline to run (default: %(default)s)")
+    parser.add_argument("--json", dest="json_out", default=None, metavar="PATH",
+                        help="Write the run summary JSON here (it goes to stdout too when "
+                             "stdout is not a terminal)")
     parser.set_defaults(handler=_run)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def _run_report(summary: dict) -> str:
+    """The run summary for people: how long each stage took, the schedule, scores, decision."""
+    lines = [f"\nRun {summary['run']} {summary['status']} in "
+             f"{_duration(summary.get('seconds'))}."]
+    if stages := summary.get("stages"):
+        # Non-breaking spaces inside each item, so a stage and its time stay on one line.
+        items = ", ".join(f"{name} {_duration(seconds)}".replace(" ", "\xa0")
+                          for name, seconds in stages.items())
+        lines.append(textwrap.fill(items, width=100, initial_indent="  stages:   ",
+                                   subsequent_indent=" " * 12).replace("\xa0", " "))
+    training = summary.get("training") or {}
+    if {"epochs_run", "planned_epochs"} <= training.keys():
+        lines.append(f"  training: {training['epochs_run']} of {training['planned_epochs']} "
+                     f"planned epochs, best epoch {training.get('best_epoch', '?')}"
+                     + (f", stopped: {training['stop_reason']}"
+                        if training.get("stop_reason") else ""))
+        if training.get("stop_reason") == "time_budget":
+            lines.append("  WARNING: training was cut by the time budget before its "
+                         "learning-rate decay completed (training.max_minutes)")
+    if test := summary.get("test"):
+        lines.append("  test:     " + "  ".join(f"{name} {value:.3f}"
+                                                for name, value in test.items()))
+    if (sites := summary.get("sites")) and sites.get("sites_labelled"):
+        per_area = sites.get("false_sites_per_100km2")
+        lines.append(f"  sites:    {sites['sites_found']} of {sites['sites_labelled']} labelled "
+                     "found, " + ("n/a" if per_area is None else f"{per_area:.1f}")
+                     + " false sites per 100 km2")
+    if "blessed" in summary:
+        lines.append(f"  gate:     {'passed' if summary['blessed'] else 'REJECTED'} ("
+                     + "; ".join(summary.get("reasons", [])) + ")")
+    return "\n".join(lines)
 
 
 def _run(args) -> int:
     from pipelines.runner import run_pipeline
 
     summary = run_pipeline(args.pipeline, args.config, args.overlay)
-    print(json.dumps(summary, indent=2))
+    if args.json_out:
+        _write_json(summary, args.json_out)
+    if not sys.stdout.isatty():  # a pipe or a file: the full summary for scripts
+        print(json.dumps(summary, indent=2))
+    if "run" in summary:
+        print(_run_report(summary), file=sys.stderr)
     export = summary.get("export", {})
     if export.get("exported"):
-        print(f"\nModel version {export['version']} exported:\n  TF Serving: "
+        print(f"Model version {export['version']} exported:\n  TF Serving: "
               f"{export['saved_model']}\n  ONNX:       {export['onnx']}", file=sys.stderr)
         return 0
     if "export" in summary:
-        print("\nModel REJECTED by the gate, nothing exported: "
-              + "; ".join(summary.get("reasons", [])), file=sys.stderr)
+        print("Model REJECTED by the gate, nothing exported.", file=sys.stderr)
         return 3
     return 0
 
@@ -76,6 +126,11 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--plots", default=None, metavar="DIR",
                         help="Save PNGs here: precision-recall curve, best/worst chips, and "
                              "training curves when the model carries its history")
+    parser.add_argument("--min-site-pixels", type=int, default=0,
+                        help="Site metrics ignore predicted sites smaller than this "
+                             "(default: %(default)s)")
+    parser.add_argument("--tta", action="store_true",
+                        help="Test-time augmentation: average the predictions of 4 flips")
     parser.set_defaults(handler=_evaluate)
 
 
@@ -83,6 +138,8 @@ def _evaluate(args) -> int:
     from tailseg.backends import load_predictor
     from tailseg.dataset import find_pairs, load_chips
     from tailseg.evaluate import evaluate_probabilities, predict_chips, threshold_sweep
+    from tailseg.sites import evaluate_sites, raster_row_areas, site_line
+    from tailseg.tta import flip_tta
 
     predictor = load_predictor(args.model)
     pairs, unpaired = find_pairs(args.data)
@@ -95,9 +152,14 @@ def _evaluate(args) -> int:
                  else predictor.metadata.get("threshold", 0.5))
     if not 0.0 < threshold < 1.0:
         raise TailsegError(f"--threshold must lie between 0 and 1, got {threshold}")
-    probabilities = predict_chips(predictor, chips, args.batch_size)
-    report = evaluate_probabilities(chips, probabilities, threshold)
+    probabilities = predict_chips(flip_tta(predictor) if args.tta else predictor, chips,
+                                  args.batch_size)
+    report = evaluate_probabilities(chips, probabilities, threshold) | {"tta": args.tta}
     report["sweep"] = threshold_sweep(chips, probabilities, [i / 20 for i in range(1, 20)])
+    masks = {pair.chip_id: pair.mask for pair in pairs}
+    report["sites"] = evaluate_sites(chips, probabilities, threshold,
+                                     [raster_row_areas(masks[c.chip_id]) for c in chips],
+                                     min_site_pixels=args.min_site_pixels)
     if args.plots:
         _save_plots(Path(args.plots), chips, probabilities, report, predictor.metadata)
     report |= {"model": str(predictor.path), "backend": predictor.backend,
@@ -106,43 +168,73 @@ def _evaluate(args) -> int:
     print(f"IoU {report['iou']:.4f}  F1 {report['f1']:.4f}  precision {report['precision']:.4f}"
           f"  recall {report['recall']:.4f}  accuracy {report['accuracy']:.4f}  "
           f"({report['n_chips']} chips)", file=sys.stderr)
+    print(site_line(report["sites"]), file=sys.stderr)
+    return 0
+
+
+# --- cv --------------------------------------------------------------------------------------
+
+def _add_cv(subparsers) -> None:
+    parser = subparsers.add_parser("cv", help="K-fold cross-validation: one model per fold, "
+                                              "per-fold and mean +- std IoU/F1, pooled IoU.")
+    parser.add_argument("--config", default="zenml.yaml",
+                        help="Run configuration with tailseg parameters (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=5, help="Number of folds (default: 5)")
+    parser.add_argument("--json", dest="json_out", default=None,
+                        help="Write the report here (default: print it)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="Override training.epochs for every fold")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="Override training.max_minutes (the budget of each fold)")
+    parser.add_argument("--tta", action="store_true",
+                        help="Score with test-time augmentation (mean of 4 flips)")
+    parser.set_defaults(handler=_cv)
+
+
+def _cv(args) -> int:
+    from tailseg.config import load_run_yaml, parse_config
+    from tailseg.crossval import cross_validate
+    from tailseg.workflow import resolve_paths
+
+    path = Path(args.config).resolve()
+    parameters = (load_run_yaml(path).get("parameters") or {}).get("config") or {}
+    training = {k: v for k, v in (("epochs", args.epochs), ("max_minutes", args.max_minutes))
+                if v is not None}
+    if training:
+        parameters = {**parameters, "training": {**parameters.get("training", {}), **training}}
+    config = resolve_paths(parse_config(parameters, str(path)), path.parent)
+    try:
+        report = cross_validate(config, args.folds, tta=args.tta)
+    except ValueError as error:
+        raise ConfigError(f"tailseg cv: {error}") from error
+    _write_json(report, args.json_out)
+    mean, std, pooled = report["mean"], report["std"], report["pooled"]
+    print(f"{args.folds}-fold cross-validation over {report['n_chips']} chips: IoU "
+          f"{mean['iou']:.4f} +- {std['iou']:.4f}, F1 {mean['f1']:.4f} +- {std['f1']:.4f}; "
+          f"pooled IoU {pooled['iou']:.4f}, F1 {pooled['f1']:.4f}", file=sys.stderr)
     return 0
 
 
 # --- serve -----------------------------------------------------------------------------------
 
 def _add_serve(subparsers) -> None:
+    from tailseg.serving.flags import add_serve_arguments
+
     parser = subparsers.add_parser("serve", help="Serve a TF Serving model base path over TF "
-                                                 "Serving's REST and gRPC APIs.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model-base-path", help="Directory with integer version folders")
-    source.add_argument("--model-config-file", help="A models.config (model_config_list)")
-    parser.add_argument("--model-name", default="tailseg", help="With --model-base-path "
-                                                                "(default: %(default)s)")
-    parser.add_argument("--rest-port", type=int, default=8501, help="0: any free port "
-                                                                    "(default: %(default)s)")
-    parser.add_argument("--grpc-port", type=int, default=8500, help="0: any free port "
-                                                                    "(default: %(default)s)")
-    parser.add_argument("--host", default="127.0.0.1", help="Bind address (default: "
-                                                            "%(default)s; 0.0.0.0 exposes it)")
-    parser.add_argument("--max-request-bytes", type=int, default=64 * 2**20,
-                        help="Largest request accepted (default: %(default)s)")
-    parser.add_argument("--poll-seconds", type=float, default=2.0,
-                        help="How often new versions and config changes are looked for")
+                                                 "Serving's REST and gRPC APIs (accepts "
+                                                 "tensorflow_model_server's flags).")
+    add_serve_arguments(parser)
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args) -> int:
     from pydantic import ValidationError
 
+    from tailseg.serving.flags import serve_config_kwargs
     from tailseg.serving.server import ServeConfig, serve
 
     try:
-        config = ServeConfig(
-            model_base_path=args.model_base_path, model_config_file=args.model_config_file,
-            model_name=args.model_name, host=args.host, rest_port=args.rest_port,
-            grpc_port=args.grpc_port, max_request_bytes=args.max_request_bytes,
-            poll_seconds=args.poll_seconds)
+        config = ServeConfig(**serve_config_kwargs(args))
     except ValidationError as error:
         raise ConfigError(f"invalid serve options:\n{error}") from error
     serve(config)
@@ -158,18 +250,28 @@ def _add_predict_options(parser, model_required: bool = True) -> None:
     parser.add_argument("--backend", choices=["tf", "onnx", "serving"], default=None,
                         help="Default: from the model path (.onnx -> onnx, else tf)")
     parser.add_argument("--window", type=int, default=1024, help="Window side (default: 1024)")
-    parser.add_argument("--overlap", type=int, default=128,
-                        help="Overlap of neighbouring windows (default: 128)")
-    parser.add_argument("--margin", type=int, default=32,
-                        help="Window border discarded where windows meet (default: 32)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="Overlap of neighbouring windows (default: 2 x margin + 32)")
+    parser.add_argument("--margin", type=int, default=None,
+                        help="Window border discarded where windows meet (default: the model's "
+                        "receptive-field radius, measured; 112 for the depth-4 U-Net)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="Windows per model call (default: from the backend)")
     parser.add_argument("--convention", default="auto",
-                        help="Reflectance convention: auto, gdal, reflectance, dn, dn_offset")
+                        help="Reflectance convention: auto, gdal, reflectance, dn, dn_offset "
+                        "(checked against Sentinel-2 reflectance before prediction)")
+    parser.add_argument("--force", action="store_true",
+                        help="Predict even if the convention gives implausible reflectance")
+    parser.add_argument("--bands", default=None,
+                        help="The file's band order, e.g. B4,B3,B2 for an RGB export "
+                        "(default: B2,B3,B4; a warning when the file has no band descriptions)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="Decision threshold (default: the model's, else 0.5)")
-    parser.add_argument("--min-area-ha", type=float, default=0.0,
-                        help="Drop sites smaller than this (default: 0)")
+    parser.add_argument("--min-area-ha", type=float, default=None,
+                        help="Drop sites smaller than this, in predict and change (default: 0.5, "
+                        "50 Sentinel-2 pixels; see docs/prediction.md)")
+    parser.add_argument("--format", choices=["geojson", "gpkg"], default="geojson",
+                        help="Site polygons as GeoJSON (default) or GeoPackage")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar")
 
@@ -179,11 +281,16 @@ def _predict_config(args):
 
     from tailseg.config import PredictConfig
 
+    from tailseg.raster import parse_bands
+
+    given = {"min_area_ha": args.min_area_ha} if args.min_area_ha is not None else {}
     try:
         return PredictConfig(window=args.window, overlap=args.overlap, margin=args.margin,
                              batch_size=args.batch_size, convention=args.convention,
-                             threshold=args.threshold, min_area_ha=args.min_area_ha,
-                             overwrite=args.overwrite, progress=not args.no_progress)
+                             force=args.force, threshold=args.threshold,
+                             bands=parse_bands(args.bands) if args.bands else None,
+                             vector_format=args.format, overwrite=args.overwrite,
+                             progress=not args.no_progress, **given)
     except ValidationError as error:
         raise ConfigError(f"invalid prediction options:\n{error}") from error
 
@@ -237,8 +344,9 @@ def _change(args) -> int:
             path = Path(result.outputs["tailings"])
         sites[key] = path
     name = f"{Path(args.before).stem}_to_{Path(args.after).stem}_change.geojson"
+    given = {"min_area_ha": args.min_area_ha} if args.min_area_ha is not None else {}
     config = ChangeConfig(min_relative_change=args.min_relative_change,
-                          min_change_ha=args.min_change_ha)
+                          min_change_ha=args.min_change_ha, **given)
     print(json.dumps(detect_change(sites["before"], sites["after"], out / name, config,
                                    overwrite=args.overwrite), indent=2))
     return 0
@@ -317,7 +425,10 @@ def _add_schedule(subparsers) -> None:
                         help="Check for this orchestrator flavor instead of the active "
                              "ZenML stack's (kubernetes, kubeflow, local)")
     parser.add_argument("--submit", action="store_true",
-                        help="Submit the scheduled pipeline to the active stack")
+                        help="Submit the scheduled pipeline to the active stack; replaces a "
+                             "schedule of the same name")
+    parser.add_argument("--delete", action="store_true",
+                        help="Delete the schedule named in the configuration (and its CronJob)")
     parser.set_defaults(handler=_schedule)
 
 
@@ -333,6 +444,12 @@ def _schedule(args) -> int:
     merged = load_run_yaml(args.config)
     if args.overlay:
         merged = merge_run_configs(merged, load_run_yaml(args.overlay))
+    if args.delete:
+        from pipelines.schedules import remove_schedule, schedule_name
+
+        name = schedule_name(merged)
+        print(json.dumps({"deleted": remove_schedule(name), "schedule": name}, indent=2))
+        return 0
     flavor = args.orchestrator
     if flavor is None or args.submit:
         from zenml.client import Client
@@ -351,7 +468,7 @@ def _schedule(args) -> int:
                                          dir=Path(args.config).resolve().parent) as handle:
             yaml.safe_dump(merged, handle, sort_keys=False)
             handle.flush()
-            run_pipeline("training", handle.name)
+            print(json.dumps(run_pipeline("training", handle.name), indent=2))
     return 0
 
 
@@ -429,30 +546,92 @@ def _save_plots(folder: Path, chips, probabilities, report: dict, metadata: dict
     print(f"plots: {', '.join(sorted(figures))} in {folder}", file=sys.stderr)
 
 
+# --- split -----------------------------------------------------------------------------------
+
+def _add_split(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "split", help="Print which chips are train, validation and test: a pure function of "
+                      "each chip id and the seed, so adding chips never moves existing ones.")
+    parser.add_argument("data_dir", help="Dataset dir with images/ and masks/")
+    parser.add_argument("--json", help="Write the assignment here instead of printing it")
+    parser.add_argument("--config", help="ZenML run configuration whose parameters.config.data "
+                                         "gives seed and fractions (default: DataConfig's)")
+    parser.set_defaults(handler=_split)
+
+
+def _split(args) -> int:
+    from tailseg.config import DataConfig, load_run_yaml, parse_config
+    from tailseg.dataset import find_pairs
+    from tailseg.split import PARTS, split_record
+
+    data = DataConfig()
+    if args.config:
+        parameters = (load_run_yaml(args.config).get("parameters") or {}).get("config") or {}
+        data = parse_config(parameters, args.config).data
+    pairs, unpaired = find_pairs(args.data_dir)
+    for reason in unpaired.values():
+        print(f"left out (unpaired): {reason}", file=sys.stderr)
+    record = split_record([p.chip_id for p in pairs], data, source=args.data_dir)
+    _write_json({**record, "data_dir": str(args.data_dir)}, args.json)
+    print(f"{args.data_dir}: " + ", ".join(f"{part} {len(record[part])}" for part in PARTS)
+          + f" (seed {data.seed})", file=sys.stderr)
+    return 0
+
+
 # --- registry --------------------------------------------------------------------------------
 
-COMMANDS: list[Callable] = [_add_run, _add_evaluate, _add_predict, _add_change, _add_serve,
-                            _add_stack, _add_schedule, _add_validate]
+COMMANDS: list[Callable] = [_add_run, _add_evaluate, _add_cv, _add_predict, _add_change,
+                            _add_serve, _add_stack, _add_schedule, _add_validate, _add_split]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailseg", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true",
+                          help="Every log record of every library, with its level and logger")
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="Only warnings, errors and the results")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(subparsers)
     return parser
 
 
+def _uses_tensorflow(args) -> bool:
+    """Whether the command loads TensorFlow (imported first then, without its start-up lines).
+    A new command loads it unless listed here."""
+    match args.command:
+        case "validate" | "stack" | "split":
+            return False
+        case "schedule":
+            return args.submit
+        case "evaluate" | "predict" | "change":
+            model = str(args.model or "")
+            return (bool(model) and getattr(args, "backend", None) in (None, "tf")
+                    and "://" not in model and not model.lower().endswith(".onnx"))
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    runtime.apply_tensorflow_environment()
+    runtime.configure_console("verbose" if args.verbose else "quiet" if args.quiet else "normal")
+    if _uses_tensorflow(args):
+        runtime.import_tensorflow_quietly()
+    if args.command in ("run", "schedule") or getattr(args, "action", None) == "register":
+        import zenml  # noqa: F401  # adds a console handler of its own, removed next
+
+        runtime.keep_one_console_handler()
     try:
         return int(args.handler(args) or 0)
-    except TailsegError as error:
+    except (TailsegError, OSError) as error:  # OSError: a file or folder problem, not a bug
         print(f"tailseg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # SIGINT, or SIGTERM during prediction
+        number = getattr(interrupt, "signal", signal.SIGINT)
+        print(f"tailseg {args.command}: interrupted by {signal.Signals(number).name}; "
+              "temporary files removed, existing outputs kept", file=sys.stderr)
+        return 128 + number
 
 
 if __name__ == "__main__":

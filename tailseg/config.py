@@ -6,16 +6,16 @@ Every model forbids unknown keys, so a typo in zenml.yaml fails loudly at the st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tailseg.constants import Convention
+from tailseg.constants import MIN_SITE_AREA_HA, Convention
 from tailseg.errors import ConfigError
 from tailseg.validation.config import ValidationConfig
 
-LossName = Literal["bce", "dice", "bce_dice", "focal", "focal_dice"]
+LossName = Literal["bce", "dice", "bce_dice", "focal", "focal_dice", "tversky"]
 
 
 class Strict(BaseModel):
@@ -64,15 +64,22 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1, description="Global batch, split across GPUs if several.")
     learning_rate: float = Field(2e-3, gt=0)
     loss: LossName = "bce_dice"
+    tversky_alpha: float = Field(0.7, ge=0, description="Tversky loss: weight of false "
+                                 "positives; above tversky_beta it trades recall for precision.")
+    tversky_beta: float = Field(0.3, ge=0, description="Tversky loss: weight of false negatives.")
     crop_size: int = Field(256, ge=8, description="Random training crops; validation uses chips.")
-    positive_crop_fraction: float = Field(0.5, ge=0, le=1,
-                                          description="Share of crops centred on tailings.")
+    positive_crop_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of crops placed to contain tailings: a random "
+                                     "tailings pixel at a random position in the crop.")
     augment: bool = True
     brightness: float = Field(0.1, ge=0, description="Max relative brightness jitter.")
     contrast: float = Field(0.1, ge=0, description="Max relative contrast jitter.")
     saturation: float = Field(0.1, ge=0, description="Max relative saturation jitter.")
     early_stopping_patience: int = Field(20, ge=1)
-    max_minutes: float | None = Field(None, gt=0, description="Stop training after this time.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Training time budget: the number of epochs (at most `epochs`) "
+                                "and the learning-rate decay are planned to fit it "
+                                "(tailseg/budget.py); a run cut by it says so.")
     mixed_precision: Literal["auto", "on", "off"] = Field(
         "auto", description="auto: mixed float16 on tensor-core GPUs, float32 on CPU.")
     seed: int = 42
@@ -84,7 +91,11 @@ class EvaluationConfig(Strict):
 
     threshold: float | Literal["best_val_iou"] = Field(
         "best_val_iou", description="A fixed threshold, or the one maximising validation IoU.")
-    sweep: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
+    # Fine steps near 0 and 1 as well: a model can be confident enough that its best threshold
+    # lies beyond 0.95; a choice at either end of the sweep is logged as a warning.
+    sweep: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.01, 0.02] + [round(0.05 * i, 2) for i in range(1, 20)]
+        + [0.98, 0.99], min_length=1)
     batch_size: int = Field(4, ge=1)
     panels: int = Field(3, ge=0, description="Best and worst test chips shown in the panels.")
 
@@ -121,6 +132,9 @@ class ExportConfig(Strict):
     export_dir: str = "exports"
     model_name: str = Field("tailseg", pattern=r"^[A-Za-z0-9_.-]+$")
     onnx_opset: int = Field(17, ge=13)
+    # Where the exporter also copies each version (serving/<name>/<v>/, onnx/<name>/<v>/),
+    # e.g. s3://bucket/model-repository, for pods without a persistent export_dir (Kubeflow).
+    repository_uri: str | None = Field(None, pattern=r"^(s3|gs|az|abfs)://[^/]+(/.*)?$")
 
 
 class PredictConfig(Strict):
@@ -129,24 +143,40 @@ class PredictConfig(Strict):
     Neighbouring windows overlap by `overlap` pixels. Each window's outer `margin` pixels on a
     side shared with a neighbour get weight 0 (the U-Net sees zero padding there), and the rest
     of the overlap is blended with a smooth sin^2 ramp whose weights sum to one. With a margin at
-    least the U-Net's receptive-field radius (about 23 pixels at depth 2) and window offsets on
-    its pooling grid (multiples of 16), the blended map does not depend on the tiling.
+    least the U-Net's receptive-field radius and window offsets on its pooling grid (multiples
+    of 16), the blended map does not depend on the tiling. margin and overlap default (None) to
+    values derived from the receptive field measured on the loaded model (tailseg.receptive):
+    112 and 256 for the depth-4 U-Net.
     """
 
     window: int = Field(1024, ge=32, multiple_of=16, description="Window side in pixels.")
-    overlap: int = Field(128, ge=0, multiple_of=16, description="Overlap of neighbouring windows.")
-    margin: int = Field(32, ge=0, description="Window border pixels discarded where windows meet.")
+    overlap: int | None = Field(None, ge=0, multiple_of=16, description="Overlap of neighbouring "
+                                "windows; default from the model's receptive field.")
+    margin: int | None = Field(None, ge=0, description="Window border pixels discarded where "
+                               "windows meet; default from the model's receptive field.")
     batch_size: int | None = Field(None, ge=1, description="Windows per call; default from the "
                                                             "backend (pixel budget per batch).")
     convention: Convention = "auto"
+    force: bool = Field(False, description="Predict even when the radiometric check refuses "
+                                           "the convention (tailseg.radiometry).")
+    bands: tuple[Literal["B2", "B3", "B4"], ...] | None = Field(
+        None, min_length=3, max_length=3, description="The file's band order, e.g. (B4, B3, B2); "
+        "None: B2, B3, B4 (checked against band descriptions when present).")
     threshold: float | None = Field(None, gt=0, lt=1, description="Default: the model's, else 0.5.")
     connectivity: Literal[4, 8] = 4
-    min_area_ha: float = Field(0.0, ge=0, description="Drop smaller sites from the GeoJSON.")
+    min_area_ha: float = Field(MIN_SITE_AREA_HA, ge=0, description="Drop smaller sites from the "
+                                                                  "polygons (see constants).")
+    vector_format: Literal["geojson", "gpkg"] = Field(
+        "geojson", description="Site polygons as RFC 7946 GeoJSON or as an OGC GeoPackage.")
     overwrite: bool = False
     progress: bool = True
 
     @model_validator(mode="after")
     def _windows_fit(self) -> PredictConfig:
+        if self.bands is not None and sorted(self.bands) != ["B2", "B3", "B4"]:
+            raise ValueError(f"bands {self.bands} must name B2, B3 and B4 once each")
+        if self.overlap is None or self.margin is None:
+            return self  # completed from the model's receptive field, then validated again
         if self.overlap >= self.window:
             raise ValueError(f"overlap {self.overlap} must be smaller than window {self.window}")
         if 2 * self.margin > self.overlap:
@@ -161,6 +191,8 @@ class ChangeConfig(Strict):
     min_relative_change: float = Field(0.1, ge=0, description="Growth or shrinkage below this "
                                                               "share of the area is 'unchanged'.")
     min_change_ha: float = Field(0.0, ge=0, description="...and below this many hectares.")
+    min_area_ha: float = Field(MIN_SITE_AREA_HA, ge=0, description="Sites smaller than this in "
+                               "either input are ignored, as prediction drops them.")
 
 
 class RunConfig(Strict):

@@ -24,6 +24,21 @@ DN_BASELINE_04_OFFSET = 1000.0
 # Plausible top-of-atmosphere reflectance; the bundled chips span 0.03 to 0.49.
 REFLECTANCE_MIN = -0.05
 REFLECTANCE_MAX = 1.6
+# Radiometric sanity of a whole scene before prediction (tailseg.radiometry). Over Brazil,
+# every Sentinel-2 L1C/L2A scene that is not entirely cloud has dark pixels (vegetation in red,
+# water, shadow): their B2-B4 reflectance is 0.0-0.08 (L2A) or 0.02-0.1 (L1C, haze included).
+# Wrongly applied baseline-04.00 offset DN read as plain DN add 0.1 to every value (dark floor
+# >= 0.1); pre-04.00 DN read with the offset subtract 0.1 (dark pixels below REFLECTANCE_MIN).
+# Float reflectance read as DN is 10,000 times too dark (brightest pixels below 0.02).
+DARK_FLOOR_MAX = 0.1  # the 1st percentile of the darkest band must not exceed this
+BRIGHT_CEILING_MIN = 0.02  # the 99th percentile of the brightest band must reach this
+
+# Smallest tailings site reported by prediction and change detection: 0.5 ha, 50 pixels of
+# 10 m (about 70 m x 70 m). Every labelled site in the bundled data is larger (the smallest,
+# cut by a chip border, is 113 pixels, 1.1 ha), while isolated detections of 1-20 pixels are
+# noise at Sentinel-2 resolution: in a test scene 96 of 129 sites were single pixels, and
+# `tailseg change` between two projections of one scene reported 87 of them as changes.
+MIN_SITE_AREA_HA = 0.5
 
 # Dataset layout: images/<id>.tif and masks/<id>.tif, paired by file name.
 IMAGE_DIR = "images"

@@ -1,5 +1,5 @@
-"""Chips on disk: pairing images with masks, loading, excluding invalid chips, splitting, and
-the training/validation input pipelines."""
+"""Chips on disk: pairing images with masks, loading, excluding invalid chips, and the
+training/validation input pipelines (the split is in tailseg/split.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tailseg.config import DataConfig, TrainConfig
+from tailseg.config import TrainConfig
 from tailseg.constants import IMAGE_DIR, MASK_DIR, RASTER_SUFFIXES, Convention
 from tailseg.errors import DatasetNotFoundError, PairingError, TailsegError
 from tailseg.raster import read_image, read_mask
@@ -106,20 +106,6 @@ def load_chips(pairs: list[ChipPair], convention: Convention = "auto"
     return chips, excluded
 
 
-def split_ids(chip_ids: list[str], config: DataConfig) -> dict[str, list[str]]:
-    """Deterministic, seeded split into train/val/test (same ids and seed, same split)."""
-    ids = sorted(chip_ids)
-    if len(ids) < 3:
-        raise ValueError(f"need at least 3 chips to split, got {len(ids)}")
-    order = np.random.default_rng(config.seed).permutation(len(ids))
-    n_test = max(1, round(len(ids) * config.test_fraction))
-    n_val = max(1, round(len(ids) * config.val_fraction))
-    shuffled = [ids[i] for i in order]
-    return {"train": sorted(shuffled[n_test + n_val:]),
-            "val": sorted(shuffled[n_test:n_test + n_val]),
-            "test": sorted(shuffled[:n_test])}
-
-
 def band_statistics(chips: list[Chip]) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and standard deviation of reflectance over all pixels of the chips."""
     pixels = np.concatenate([c.image.reshape(-1, c.image.shape[-1]) for c in chips])
@@ -203,6 +189,36 @@ def training_dataset(chips: list[Chip], config: TrainConfig):
     dataset = tf.data.Dataset.from_generator(lambda: training_batches(chips, config),
                                              output_signature=signature)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def validation_batches(chips: list[Chip], multiple: int, batch_size: int = 2
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Whole chips padded to the model's multiple, batched by size: chips of different sizes
+    never share a batch, so validation chips need not all have one size.
+
+    Returns:
+        [(images (N, H, W, 3) float32, masks (N, H, W, 1) float32)], chips of a size in order.
+    """
+    by_shape: dict[tuple[int, ...], list[Chip]] = {}
+    for chip in chips:
+        by_shape.setdefault(chip.mask.shape, []).append(chip)
+    batches = []
+    for group in by_shape.values():
+        for start in range(0, len(group), batch_size):
+            batches.append(evaluation_arrays(group[start:start + batch_size], multiple))
+    return batches
+
+
+def validation_dataset(chips: list[Chip], multiple: int, batch_size: int = 2):
+    """tf.data over validation_batches (height and width left open)."""
+    import tensorflow as tf
+
+    batches = validation_batches(chips, multiple, batch_size)
+    signature = (tf.TensorSpec((None, None, None, 3), tf.float32),
+                 tf.TensorSpec((None, None, None, 1), tf.float32))
+    dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
+    # A known length, so Keras does not warn that the input "ran out of data" each epoch.
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
 
 
 def evaluation_arrays(chips: list[Chip], multiple: int) -> tuple[np.ndarray, np.ndarray]:

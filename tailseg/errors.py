@@ -79,6 +79,22 @@ class OutputExistsError(TailsegError, FileExistsError):
     """An output file exists already and overwriting was not asked for."""
 
 
+class OutputWriteError(TailsegError, OSError):
+    """An output folder cannot be created or written (not a folder, permissions, disk full)."""
+
+
+class CRSMissingError(TailsegError, ValueError):
+    """A scene has no coordinate reference system, so its outputs cannot be georeferenced."""
+
+
+class PredictionInterrupted(KeyboardInterrupt):
+    """A run was stopped by SIGINT or SIGTERM; `signal` is the signal's number."""
+
+    def __init__(self, signal: int):
+        super().__init__(f"interrupted by signal {signal}")
+        self.signal = signal
+
+
 class VectorReadError(TailsegError, ValueError):
     """A GeoJSON file is missing, unreadable or not a FeatureCollection of polygons."""
 
@@ -89,3 +105,11 @@ class ScheduleError(TailsegError, ValueError):
 
 class StackConfigError(TailsegError, ValueError):
     """A ZenML stack file under infra/zenml/ is invalid."""
+
+
+class SplitError(TailsegError, ValueError):
+    """The train/validation/test split leaves a part without chips."""
+
+
+class ProductionModelError(TailsegError, LookupError):
+    """The production model version lacks what the gate needs (its model or its split)."""

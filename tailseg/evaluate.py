@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from tailseg.dataset import Chip
 from tailseg.metrics import Counts, confusion, counts_dict, scores
 
+logger = logging.getLogger(__name__)
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -33,13 +35,14 @@ def evaluate_probabilities(chips: list[Chip], probabilities: list[np.ndarray],
 
     Returns:
         {"iou", "f1", "precision", "recall", "accuracy", "threshold", "n_chips",
-         "counts", "per_chip": [{"chip_id", metrics..., "tailings_fraction"}]}
+         "counts", "per_chip": [{"chip_id", metrics..., "counts", "tailings_fraction",
+         "predicted_fraction"}]}
     """
     pooled, per_chip = Counts(), []
     for chip, probability in zip(chips, probabilities, strict=True):
         counts = confusion(chip.mask == 1, probability >= threshold)
         pooled = pooled + counts
-        per_chip.append({"chip_id": chip.chip_id, **scores(counts),
+        per_chip.append({"chip_id": chip.chip_id, **scores(counts), "counts": counts_dict(counts),
                          "tailings_fraction": float(np.mean(chip.mask == 1)),
                          "predicted_fraction": float(np.mean(probability >= threshold))})
     return {**scores(pooled), "threshold": threshold, "n_chips": len(chips),
@@ -65,6 +68,21 @@ def threshold_sweep(chips: list[Chip], probabilities: list[np.ndarray],
 
 
 def best_threshold(sweep: list[dict], metric: str = "iou") -> float:
-    """The threshold with the highest metric; ties go to the one closest to 0.5."""
-    best = max(sweep, key=lambda row: (row[metric], -abs(row["threshold"] - 0.5)))
-    return float(best["threshold"])
+    """The threshold with the highest metric; ties go to the one closest to 0.5.
+
+    A choice at either end of a sweep of several thresholds is logged as a warning: the best
+    threshold may lie beyond the sweep.
+    """
+    best = float(max(sweep, key=lambda row: (row[metric], -abs(row["threshold"] - 0.5)))
+                 ["threshold"])
+    if at_sweep_end(best, sweep):
+        logger.warning("threshold %.2f is at the end of the sweep %.2f-%.2f: the best %s may lie "
+                       "beyond it; extend evaluation.sweep", best, sweep[0]["threshold"],
+                       sweep[-1]["threshold"], metric)
+    return best
+
+
+def at_sweep_end(threshold: float, sweep: list[dict]) -> bool:
+    """Whether threshold is the lowest or highest of a sweep of more than one threshold."""
+    thresholds = [row["threshold"] for row in sweep]
+    return len(thresholds) > 1 and threshold in (min(thresholds), max(thresholds))

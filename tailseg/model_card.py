@@ -23,6 +23,43 @@ def _table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def _schedule_text(training: dict) -> str:
+    """Planned and run epochs, and whether the learning-rate decay completed."""
+    budget = training.get("budget_minutes")
+    plan = (f"planned {training.get('planned_epochs')} of at most {training.get('max_epochs')} "
+            f"to fit a {budget:g}-minute budget" if budget else
+            f"planned {training.get('planned_epochs')} (no time budget)")
+    stop = {"completed": "the learning-rate schedule completed",
+            "early_stopping": "stopped early: validation IoU stopped improving",
+            "time_budget": "**cut by the time budget before the learning-rate decay "
+                           "completed**"}.get(str(training.get("stop_reason")), "unknown stop")
+    return (f"Epochs run: {training.get('epochs_run')}, {plan}; {stop}. Best epoch: "
+            f"{training.get('best_epoch')}, training time: {training.get('seconds', 0):.0f} s "
+            f"({training.get('seconds_per_epoch', 0):.1f} s per epoch).")
+
+
+def _sites_text(sites: dict | None) -> str:
+    """The site-level section: labelled sites found, false sites, area error."""
+    if not sites:
+        return ""
+
+    def show(value, form: str) -> str:
+        return "n/a" if value is None else format(value, form)
+
+    rows = {
+        "labelled sites found": f"{sites['sites_found']} of {sites['sites_labelled']} "
+                                f"({show(sites['site_recall'], '.0%')})",
+        "false sites": f"{sites['false_sites']} ({show(sites['false_sites_per_100km2'], '.1f')}"
+                       f" per 100 km2 of {sites['area_km2']:.1f} km2)",
+        "area error of found sites, median": show(sites["area_error_median"], "+.0%"),
+        "area error of found sites, mean absolute": show(sites["area_abs_error_mean"], ".0%"),
+    }
+    return (f"## Site-level test metrics\nSites are {sites.get('connectivity', 8)}-connected "
+            f"groups of tailings pixels; {sites.get('rule', '')}. False sites touch no labelled "
+            "tailings; labels are partial, so some of them are real, unlabelled tailings.\n\n"
+            f"{_table(rows)}\n\n")
+
+
 def render_model_card(name: str, version: int | str, config: dict, split: dict,
                       metrics: dict, threshold: float, training: dict, decision: dict) -> str:
     """Markdown model card. config: the resolved run configuration as a dict."""
@@ -50,14 +87,14 @@ Chips per split: {sizes}. Test chips: {", ".join(split.get("test", []))}.
 {_table({k: v for k, v in config.get("training", {}).items()
          if k in ("epochs", "batch_size", "learning_rate", "loss", "crop_size")})}
 
-Epochs run: {training.get("epochs_run")}, best epoch: {training.get("best_epoch")},
-training time: {training.get("seconds", 0):.0f} s.
+{_schedule_text(training)}
 
 ## Test metrics (tailings class, pooled over all test pixels)
 Decision threshold: **{threshold:.2f}** (chosen on the validation split).
 
 {_table(pooled)}
 
+{_sites_text(metrics.get("sites"))}
 ## Release decision
 Blessed: {decision.get("blessed")}. {" ".join(decision.get("reasons", []))}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tailseg.budget import training_schedule_summary
 from tailseg.config import RunConfig
 from tailseg.model import model_multiple
 from tailseg.model_card import render_model_card
@@ -38,6 +39,9 @@ def publish_model(model: keras.Model, config: RunConfig, split: dict, metrics: d
     pooled = {k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")}
     metadata = {"threshold": metrics["threshold"], "test_metrics": pooled,
                 "training_history": training.get("history", {}),
+                "training_schedule": training_schedule_summary(training),
+                "test_sites": {k: v for k, v in metrics.get("sites", {}).items()
+                               if k != "per_chip"},
                 "zenml_model_version": zenml_version}
     info = export_for_serving(model, export.export_dir, export.model_name,
                               model_multiple(model), _parity_sample(config, split),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from tailseg.errors import (
     RasterReadError,
     ReflectanceConventionError,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,44 @@ def check_band_order(dataset: rasterio.io.DatasetReader, path: Path) -> None:
             f"{path}: band descriptions {dataset.descriptions} do not match {BANDS}; "
             "reorder the bands to blue, green, red"
         )
+
+
+def parse_bands(text: str) -> tuple[str, ...]:
+    """'B4,B3,B2' or 'red,green,blue' -> ('B4', 'B3', 'B2'); the file's band order."""
+    names = tuple(BAND_ALIASES.get(n.strip().lower(), n.strip().upper()) for n in text.split(","))
+    if sorted(names) != sorted(BANDS):
+        raise BandOrderError(f"--bands {text!r}: name each of {', '.join(BANDS)} once, in the "
+                             "order the file stores them, e.g. B2,B3,B4 or B4,B3,B2")
+    return names
+
+
+def scene_band_indexes(dataset: rasterio.io.DatasetReader, path: Path,
+                       bands: tuple[str, ...] | None = None) -> list[int]:
+    """1-based band indexes that read a scene as B2, B3, B4.
+
+    bands is the file's order as the user states it (None: B2, B3, B4 assumed). Band
+    descriptions, when the file has them, must agree; without them and without bands, the
+    order cannot be checked and a warning says so.
+
+    Raises:
+        BandCountError: not 3 bands.
+        BandOrderError: descriptions disagree with B2, B3, B4 or with bands.
+    """
+    if bands is None:
+        check_band_order(dataset, path)
+        if not any(dataset.descriptions):
+            logger.warning("%s: no band descriptions; assuming the bands are B2, B3, B4 (blue, "
+                           "green, red). Pass --bands (e.g. --bands B4,B3,B2 for an RGB export) "
+                           "to state the order", path)
+        return [1, 2, 3]
+    if dataset.count != len(BANDS):
+        check_band_order(dataset, path)  # raises BandCountError
+    described = [BAND_ALIASES.get((d or "").strip().lower(), (d or "").strip().upper())
+                 for d in dataset.descriptions]
+    if any(dataset.descriptions) and tuple(described) != tuple(bands):
+        raise BandOrderError(f"{path}: band descriptions {dataset.descriptions} contradict "
+                             f"--bands {','.join(bands)}; fix the descriptions or --bands")
+    return [bands.index(band) + 1 for band in BANDS]
 
 
 def to_reflectance(

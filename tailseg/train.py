@@ -12,13 +12,14 @@ import keras
 import numpy as np
 
 from tailseg.accelerate import plan_acceleration
+from tailseg.budget import BudgetSchedule, PlannedCosineDecay
 from tailseg.config import ModelConfig, TrainConfig
 from tailseg.dataset import (
     Chip,
     band_statistics,
     crops_per_epoch,
-    evaluation_arrays,
     training_dataset,
+    validation_dataset,
 )
 from tailseg.losses import get_loss
 from tailseg.model import build_unet
@@ -42,7 +43,7 @@ class TrainResult:
     best_epoch: int
     seconds: float
     chips_per_second: float
-    info: dict[str, float | int | str] = field(default_factory=dict)
+    info: dict[str, float | int | str | bool | None] = field(default_factory=dict)
 
 
 class _BestWeights(keras.callbacks.Callback):
@@ -62,24 +63,11 @@ class _BestWeights(keras.callbacks.Callback):
             self.model.set_weights(self.weights)
 
 
-class _TimeLimit(keras.callbacks.Callback):
-    """Stop after the epoch during which the time budget ran out."""
-
-    def __init__(self, minutes: float | None) -> None:
-        super().__init__()
-        self.deadline = time.monotonic() + minutes * 60 if minutes else None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.deadline and time.monotonic() > self.deadline:
-            logger.info("time budget reached after epoch %d; stopping", epoch + 1)
-            self.model.stop_training = True
-
-
 def compile_model(model: keras.Model, config: TrainConfig, learning_rate=None) -> None:
     """Adam with the configured loss and the tailings IoU metric (named "iou")."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate or config.learning_rate),
-        loss=get_loss(config.loss),
+        loss=get_loss(config.loss, config.tversky_alpha, config.tversky_beta),
         metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")],
     )
 
@@ -88,8 +76,10 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
                 config: TrainConfig, extra_callbacks: list | None = None) -> TrainResult:
     """Train a U-Net on random crops of train_chips, validating on whole val_chips.
 
-    The learning rate follows a cosine decay; the weights of the best validation-IoU epoch are
-    kept. Returns the trained model with its per-epoch history.
+    The learning rate follows a cosine decay that ends at the last planned epoch: config.epochs,
+    or with config.max_minutes the epochs that fit the budget (tailseg.budget). The weights of
+    the best validation-IoU epoch are kept. Returns the trained model with its per-epoch history
+    and, in info, the planned and run epochs and why the run stopped.
     """
     if not train_chips or not val_chips:
         raise ValueError("training needs at least one training and one validation chip")
@@ -98,29 +88,30 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     logger.info("training on %s", plan.describe())
     mean, std = band_statistics(train_chips)
     steps = crops_per_epoch(train_chips, config)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=steps * config.epochs, alpha=0.05)
+    schedule = PlannedCosineDecay(config.learning_rate, decay_steps=steps * config.epochs)
     with plan.strategy.scope():
         model = build_unet(model_config, mean, std)
         compile_model(model, config, learning_rate=schedule)
-    val_x, val_y = evaluation_arrays(val_chips, model_config.multiple)
+    # Batched by chip size, so validation chips of different sizes do not need stacking.
+    val_data = validation_dataset(val_chips, model_config.multiple, batch_size=2)
     best = _BestWeights()
-    callbacks = [best, _TimeLimit(config.max_minutes),
+    budget = BudgetSchedule(schedule, steps, config.epochs, config.max_minutes)
+    callbacks = [best, budget,
                  keras.callbacks.EarlyStopping(MONITOR, mode="max",
                                                patience=config.early_stopping_patience)]
     started = time.monotonic()
     fit = model.fit(training_dataset(train_chips, config), epochs=config.epochs,
-                    steps_per_epoch=steps, validation_data=(val_x, val_y),
-                    validation_batch_size=2, shuffle=False,
+                    steps_per_epoch=steps, validation_data=val_data,
+                    shuffle=False,
                     callbacks=callbacks + (extra_callbacks or []), verbose=config.verbose)
     seconds = time.monotonic() - started
     epochs_run = len(fit.history.get("loss", []))
     crops = epochs_run * steps * config.batch_size
-    equivalent_chips = crops * config.crop_size**2 / train_chips[0].mask.size
+    equivalent_chips = crops * config.crop_size**2 / np.mean([c.mask.size for c in train_chips])
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     return TrainResult(model=model, history=history, best_epoch=best.best_epoch + 1,
-                       seconds=seconds, chips_per_second=equivalent_chips / seconds,
-                       info={"epochs_run": epochs_run, "steps_per_epoch": steps,
+                       seconds=seconds, chips_per_second=float(equivalent_chips / seconds),
+                       info={**budget.summary(epochs_run), "steps_per_epoch": steps,
                              **{f"accelerator_{k}": v for k, v in plan.describe().items()},
                              "band_mean": ",".join(f"{v:.5f}" for v in mean),
                              "band_std": ",".join(f"{v:.5f}" for v in std)})

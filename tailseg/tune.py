@@ -34,10 +34,17 @@ def tune(train_chips: list[Chip], val_chips: list[Chip], model_config: ModelConf
          train_config: TrainConfig, config: TuningConfig) -> dict:
     """Search within the trial and wall-time budget.
 
+    The wall-time budget covers the trials themselves: Optuna starts no trial after it, and
+    each trial trains with the time left as its own max_minutes, so a long trial cannot
+    overrun it by more than about one epoch.
+
     Returns:
-        {"best_params": {...}, "best_value": float, "trials": [{number, params, value, state}],
+        {"best_params": {...}, "best_value": float,
+         "trials": [{number, params, value, state, epochs_run}],
          "seconds": float}. best_params holds learning_rate, batch_size, loss, base_filters.
     """
+    deadline = time.monotonic() + config.timeout_minutes * 60
+
     def objective(trial: optuna.Trial) -> float:
         params = {
             "learning_rate": trial.suggest_float("learning_rate", *config.learning_rates, log=True),
@@ -47,12 +54,14 @@ def tune(train_chips: list[Chip], val_chips: list[Chip], model_config: ModelConf
         filters = (trial.suggest_categorical("base_filters", config.base_filters)
                    if config.base_filters else model_config.base_filters)
         pruning = _Pruning(trial)
+        minutes_left = max((deadline - time.monotonic()) / 60, 1e-3)
         result = train_model(
             train_chips, val_chips, model_config.model_copy(update={"base_filters": filters}),
             train_config.model_copy(update={**params, "epochs": config.epochs_per_trial,
-                                            "verbose": 0, "max_minutes": None}),
+                                            "verbose": 0, "max_minutes": minutes_left}),
             extra_callbacks=[pruning])
         value = max(result.history[MONITOR])
+        trial.set_user_attr("epochs_run", len(result.history[MONITOR]))
         logger.info("trial %d: %s base_filters=%d -> val IoU %.4f%s", trial.number, params,
                     filters, value, " (pruned)" if pruning.pruned else "")
         if pruning.pruned:
@@ -72,7 +81,8 @@ def tune(train_chips: list[Chip], val_chips: list[Chip], model_config: ModelConf
     best.setdefault("base_filters", model_config.base_filters)
     return {"best_params": best, "best_value": float(study.best_value),
             "trials": [{"number": t.number, "params": t.params, "value": t.value,
-                        "state": t.state.name} for t in study.trials],
+                        "state": t.state.name, "epochs_run": t.user_attrs.get("epochs_run")}
+                       for t in study.trials],
             "seconds": time.monotonic() - started}
 
 

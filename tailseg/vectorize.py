@@ -35,6 +35,9 @@ SQUARE_METRES_PER_HECTARE = 10_000.0
 # straight edges in the source CRS stay close to their image after reprojection.
 SEGMENT_PIXELS = 64
 STRIP_ROWS = 1024  # rows of the probability raster read at a time for site means
+# Output coordinates are snapped to 1e-7 degrees: about 1 cm, a thousandth of a Sentinel-2
+# pixel (15 decimals claimed a precision of nanometres).
+COORDINATE_DECIMALS = 7
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,31 @@ def equal_area_ha(lonlat: np.ndarray) -> np.ndarray:
     projected = shapely.transform(lonlat, lambda xy: np.column_stack(
         transformer.transform(xy[:, 0], xy[:, 1])))
     return shapely.area(projected) / SQUARE_METRES_PER_HECTARE
+
+
+def clean_lonlat(geometries: np.ndarray) -> np.ndarray:
+    """Valid, RFC 7946-oriented polygons (exteriors counter-clockwise, holes clockwise) with
+    coordinates rounded to COORDINATE_DECIMALS.
+
+    rasterio's 8-connected shapes touch themselves at vertices (invalid rings), which
+    make_valid splits into parts that meet at a point; rounding is done on the grid by GEOS,
+    which keeps the result valid.
+    """
+    if not len(geometries):
+        return geometries
+    grid = 10.0 ** -COORDINATE_DECIMALS
+    snapped = shapely.make_valid(shapely.set_precision(geometries, grid))
+    polygonal = np.asarray([_polygonal(g) for g in snapped], dtype=object)
+    oriented = shapely.orient_polygons(polygonal, exterior_cw=False)
+    return shapely.transform(oriented, lambda xy: np.round(xy, COORDINATE_DECIMALS))
+
+
+def _polygonal(geometry: shapely.Geometry) -> shapely.Geometry:
+    """The polygons of a geometry (make_valid may add lines or points where rings touched)."""
+    if geometry.geom_type in ("Polygon", "MultiPolygon"):
+        return geometry
+    parts = [p for p in shapely.get_parts(geometry) if p.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts)
 
 
 def _row_spans(natives: np.ndarray, transform) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +173,8 @@ def polygonize(mask_path: str | Path, probability_path: str | Path | None = None
     else:
         means = np.full(len(features), np.nan)
     kept = np.flatnonzero(areas >= min_area_ha)
+    lonlat = np.asarray(lonlat, dtype=object)
+    lonlat[kept] = clean_lonlat(lonlat[kept])
     return [Site(number, lonlat[i], float(areas[i]),
                  None if np.isnan(means[i]) else float(means[i]), int(pixels[i]))
             for number, i in enumerate(kept, start=1)]

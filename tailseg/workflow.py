@@ -10,15 +10,19 @@ import keras
 
 from tailseg import plots
 from tailseg.config import RunConfig
-from tailseg.dataset import Chip, find_pairs, load_chip, split_ids
+from tailseg.dataset import Chip, find_pairs, load_chip
 from tailseg.errors import DatasetNotFoundError
 from tailseg.evaluate import (
+    at_sweep_end,
     best_threshold,
     evaluate_probabilities,
     predict_chips,
     threshold_sweep,
 )
+from tailseg.gate import Comparison, pooled_on, unseen_test_chips
 from tailseg.model import model_multiple
+from tailseg.sites import evaluate_sites, raster_row_areas
+from tailseg.split import PARTS, split_record
 from tailseg.train import train_model
 from tailseg.tune import apply_best, tune
 
@@ -35,14 +39,21 @@ def chips_for(config: RunConfig, chip_ids: list[str]) -> list[Chip]:
     return [load_chip(pairs[i], config.data.convention) for i in chip_ids]
 
 
+def row_areas_for(config: RunConfig, chip_ids: list[str]) -> list:
+    """Pixel area (m2) per row of each named chip, from its mask's georeferencing."""
+    pairs = {pair.chip_id: pair for pair in find_pairs(config.data.data_dir)[0]}
+    return [raster_row_areas(pairs[i].mask) for i in chip_ids]
+
+
 def make_split(valid_ids: list[str], config: RunConfig) -> dict:
-    """The recorded split: ids per part plus what produced it."""
+    """The recorded split of the valid chips: ids per part plus what produced it (a pure
+    function of each chip id and the seed, see tailseg/split.py)."""
     ids = sorted(valid_ids)
     if config.data.max_chips:
         ids = ids[:config.data.max_chips]
-    split = split_ids(ids, config.data)
-    logger.info("split: %s", {part: len(v) for part, v in split.items()})
-    return {**split, "seed": config.data.seed, "data_dir": str(config.data.data_dir)}
+    split = split_record(ids, config.data, source=str(config.data.data_dir))
+    logger.info("split: %s", {part: len(split[part]) for part in PARTS})
+    return {**split, "data_dir": str(config.data.data_dir)}
 
 
 def run_tuning(split: dict, config: RunConfig) -> dict:
@@ -100,20 +111,33 @@ def run_evaluation(model: keras.Model, split: dict, config: RunConfig) -> tuple[
     test = chips_for(config, split["test"])
     probabilities = predict_chips(predict, test, batch)
     metrics = evaluate_probabilities(test, probabilities, threshold)
+    metrics["sites"] = evaluate_sites(test, probabilities, threshold,
+                                      row_areas_for(config, split["test"]))
     sweep = threshold_sweep(test, probabilities, config.evaluation.sweep)
     metrics |= {"test_sweep": sweep, "val_sweep": val_sweep,
-                "threshold_selection": str(config.evaluation.threshold)}
+                "threshold_selection": str(config.evaluation.threshold),
+                "threshold_at_sweep_end": bool(val_sweep) and at_sweep_end(threshold, val_sweep)}
     figures = plots.evaluation_figures(test, probabilities, metrics, sweep,
                                        config.evaluation.panels)
     return metrics, figures
 
 
-def evaluate_baseline(model: keras.Model, split: dict, config: RunConfig,
-                      threshold: float) -> dict:
-    """Metrics of another model (the production one) on this run's test split."""
-    test = chips_for(config, split["test"])
-    predict = keras_predict(model)
-    return evaluate_probabilities(test, predict_chips(predict, test), threshold)
+def compare_with_production(test_metrics: dict, split: dict, production_model: keras.Model,
+                            production_split: dict, production_threshold: float,
+                            config: RunConfig) -> Comparison:
+    """Re-evaluate the production model on this run's test chips that it neither trained nor
+    validated on, and pool the candidate's per-chip counts over the same chips."""
+    chip_ids = unseen_test_chips(split, production_split)
+    logger.info("comparing with production on %d of %d test chips", len(chip_ids),
+                len(split["test"]))
+    production = {"iou": float("nan")}
+    if chip_ids:
+        chips = chips_for(config, chip_ids)
+        production = evaluate_probabilities(
+            chips, predict_chips(keras_predict(production_model), chips,
+                                 config.evaluation.batch_size), production_threshold)
+    return Comparison(chip_ids=chip_ids, candidate=pooled_on(test_metrics, chip_ids),
+                      production=production)
 
 
 def resolve_paths(config: RunConfig, root: Path) -> RunConfig:

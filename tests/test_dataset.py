@@ -1,15 +1,14 @@
-"""Pairing, loading with exclusion reasons, deterministic split, and augmentation."""
+"""Pairing, loading with exclusion reasons, and augmentation (the split: test_split.py)."""
 
 import numpy as np
 import pytest
 
-from tailseg.config import DataConfig, TrainConfig
+from tailseg.config import TrainConfig
 from tailseg.dataset import (
     augment,
     find_pairs,
     load_chips,
     require_pairs,
-    split_ids,
     training_batches,
 )
 from tailseg.errors import DatasetNotFoundError, PairingError
@@ -41,16 +40,6 @@ def test_bundled_truncated_chip_is_excluded_with_its_reason(bundled_data):
     assert chips[0].image.dtype == np.float32 and 0.0 < chips[0].image.mean() < 0.6
 
 
-def test_split_is_deterministic_disjoint_and_complete():
-    ids = [f"chip_{i:03d}" for i in range(40)]
-    config = DataConfig(seed=7)
-    first, second = split_ids(ids, config), split_ids(list(reversed(ids)), config)
-    assert first == second
-    parts = [set(first[k]) for k in ("train", "val", "test")]
-    assert set().union(*parts) == set(ids) and sum(len(p) for p in parts) == len(ids)
-    assert split_ids(ids, DataConfig(seed=8)) != first
-
-
 def test_augmentation_moves_mask_with_image():
     rng = np.random.default_rng(0)
     image = np.zeros((8, 8, 3), np.float32)
@@ -71,3 +60,36 @@ def test_training_batches_are_seeded_and_biased_to_tailings(tmp_path):
     assert x1.shape == (4, 16, 16, 3) and y1.shape == (4, 16, 16, 1)
     np.testing.assert_array_equal(x1, x2)
     assert all(crop.any() for crop in y1)
+
+
+def _is_window_of(crop: np.ndarray, chips) -> bool:
+    size = crop.shape[0]
+    return any(np.array_equal(chip.image[top:top + size, left:left + size], crop)
+               for chip in chips
+               for top in range(chip.image.shape[0] - size + 1)
+               for left in range(chip.image.shape[1] - size + 1))
+
+
+def test_augmentation_is_applied_when_on_and_not_when_off(tmp_path):
+    chips, _ = load_chips(require_pairs(make_dataset(tmp_path, n_chips=2, size=24)))
+    plain = TrainConfig(batch_size=8, crop_size=16, augment=False)
+    images, _ = next(training_batches(chips, plain))
+    assert all(_is_window_of(crop, chips) for crop in images)
+    augmented, _ = next(training_batches(chips, plain.model_copy(update={"augment": True})))
+    assert sum(not _is_window_of(crop, chips) for crop in augmented) >= 6
+
+
+def test_augmentation_is_on_by_default_and_in_the_shipped_configuration(bundled_data):
+    from tailseg.config import load_run_yaml, parse_config
+
+    assert TrainConfig().augment
+    shipped = load_run_yaml(bundled_data.parent.parent / "zenml.yaml")
+    assert parse_config(shipped["parameters"]["config"]).training.augment
+
+
+def test_tailings_crops_contain_tailings_anywhere_not_only_at_the_centre(tmp_path):
+    chips, _ = load_chips(require_pairs(make_dataset(tmp_path, n_chips=3, size=48)))
+    config = TrainConfig(batch_size=32, crop_size=16, positive_crop_fraction=1.0, augment=False)
+    _, masks = next(training_batches(chips, config))
+    assert all(mask.any() for mask in masks)
+    assert not all(mask[8, 8, 0] for mask in masks)  # crops contain tailings, not centred on them

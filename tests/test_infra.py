@@ -1,6 +1,8 @@
 """Infrastructure as code, checked offline: kustomize overlays rendered and schema-validated,
-the serving hardening, the ZenML stack files, the cluster overlays parsed by ZenML's own
-settings classes, stack registration in an isolated ZenML store, and the accelerator set-up."""
+the serving hardening and start-up rules, model delivery, the pipeline bootstrap (RBAC,
+Kaniko, credentials, extras), the ZenML stack files, the cluster overlays parsed by ZenML's own
+settings classes and compiler, stack registration in an isolated ZenML store, the accelerator
+set-up, and the commands of docs/kubernetes.md."""
 
 import copy
 import os
@@ -21,6 +23,7 @@ OVERLAYS = ["staging", "production"]
 K8S_VERSION = "1.32.0"
 GPU_STEPS = {"hyperparameter_tuner", "model_trainer"}
 SERVING_TAG = "2.20.0"
+CLUSTER_SCOPED = {"Namespace", "PersistentVolume"}
 
 
 KUBECTL = shutil.which("kubectl")
@@ -55,7 +58,7 @@ def test_every_rendered_object_validates_strictly(rendered):
             "NetworkPolicy"} <= set(_by_kind(docs))
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-        if doc["kind"] != "Namespace":
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == f"tailseg-{name}"
 
 
@@ -118,6 +121,133 @@ def test_production_keeps_capacity_during_disruptions():
     assert namespace_labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
+def selector_matches(selector: dict, labels: dict) -> bool:
+    """Kubernetes label-selector semantics (matchLabels AND matchExpressions); {} matches all."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if not {"In": present and labels.get(key) in (values or []),
+                "NotIn": not present or labels[key] not in (values or []),
+                "Exists": present, "DoesNotExist": not present}[operator]:
+            return False
+    return True
+
+
+def test_network_policy_admits_pods_with_only_the_documented_client_label(rendered):
+    # Kustomize's label transformer with includeSelectors (or commonLabels) also writes its
+    # labels into spec/ingress/from/podSelector of a NetworkPolicy; a client pod labelled only
+    # tailseg.io/serving-client=true, as docs/kubernetes.md says, would then be refused.
+    kinds = _by_kind(rendered[1])
+    policy = kinds["NetworkPolicy"]["spec"]
+    pod_labels = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert selector_matches(policy["podSelector"], pod_labels)
+    client = {"tailseg.io/serving-client": "true"}
+    grpc_rules = [rule for rule in policy["ingress"]
+                  if any(port["port"] == "grpc" for port in rule.get("ports", []))]
+    assert any(selector_matches(peer["podSelector"], client)
+               for rule in grpc_rules for peer in rule["from"] if "podSelector" in peer
+               and "namespaceSelector" not in peer)
+    assert not any(selector_matches(peer["podSelector"], {"app": "other"})
+                   for rule in policy["ingress"] for peer in rule["from"] if "podSelector" in peer)
+    # Every selector still finds the server's pods.
+    assert selector_matches({"matchLabels": kinds["Service"]["spec"]["selector"]}, pod_labels)
+    for kind in ("Deployment", "PodDisruptionBudget"):
+        assert selector_matches(kinds[kind]["spec"]["selector"], pod_labels)
+
+
+def test_model_server_starts_and_stays_up_without_a_model(rendered):
+    # TF Serving answers /v1/models/<name>/metadata only once a version is AVAILABLE (404
+    # before). A startup or liveness probe on it restarts a staging server that waits for its
+    # first export in a loop; only readiness may depend on the model.
+    container = _by_kind(rendered[1])["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"].startswith("/v1/models/tailseg")
+    for probe in ("startupProbe", "livenessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert not path.startswith("/v1/models"), f"{probe} depends on a loaded model"
+        assert path == "/monitoring/prometheus/metrics"  # served whatever the model state
+    monitoring = _by_kind(rendered[1])["ConfigMap"]["data"]["monitoring.config"]
+    assert 'path: "/monitoring/prometheus/metrics"' in monitoring
+
+
+def test_version_labels_only_with_the_flag_that_allows_them_at_start_up(rendered):
+    # server_core.cc (UpdateModelVersionLabelMap): a label must point to an AVAILABLE version
+    # unless --allow_version_labels_for_unavailable_models is set (then only labels new to the
+    # server, which all are at start-up); otherwise the server exits with FAILED_PRECONDITION
+    # "Request to assign label to version N ... not currently available for inference".
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    kinds = _by_kind(rendered[1])
+    container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    flags = dict(arg.split("=", 1) for arg in container["args"])
+    config = text_format.Parse(kinds["ConfigMap"]["data"]["models.config"],
+                               model_server_config_pb2.ModelServerConfig())
+    for model in config.model_config_list.config:
+        if not model.version_labels:
+            continue
+        assert flags.get("--allow_version_labels_for_unavailable_models") == "true", rendered[0]
+        policy = model.model_version_policy
+        assert policy.WhichOneof("policy_choice") == "specific"
+        # A label on a version the policy never loads would never resolve.
+        assert set(model.version_labels.values()) <= set(policy.specific.versions)
+
+
+def _volume_of(pod_spec: dict, mount_path: str) -> tuple[dict, dict]:
+    """(volume, mount) of the container mounting mount_path."""
+    (mount,) = [m for m in pod_spec["volume_mounts"] if m["mountPath"] == mount_path]
+    (volume,) = [v for v in pod_spec["volumes"] if v["name"] == mount["name"]]
+    return volume, mount
+
+
+@needs_kubectl
+def test_the_path_the_pipeline_writes_is_the_path_both_stages_serve_from():
+    """Model delivery: staging's pipeline exports onto the shared model repository; each
+    stage's claim binds (statically) to a volume on that same filesystem, mounted where
+    models.config's base_path expects the versions."""
+    from zenml.integrations.kubernetes.flavors import KubernetesOrchestratorSettings
+
+    k8s = _merged("zenml.k8s.yaml")
+    export_dir = k8s["parameters"]["config"]["export"]["export_dir"]
+    pods = KubernetesOrchestratorSettings.model_validate(
+        k8s["settings"]["orchestrator.kubernetes"]).pod_settings.model_dump()
+    volume, mount = _volume_of(pods, export_dir)
+    assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
+    namespace = load_stack(ROOT / "infra/zenml/kubernetes.yaml", {}).component(
+        "orchestrator").configuration["kubernetes_namespace"]
+    assert namespace == "tailseg-staging"  # the pipeline mounts staging's claim
+    sources = {}
+    for overlay in OVERLAYS:
+        docs = kustomize(overlay)
+        claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+        volumes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolume"}
+        claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+        pv = volumes[claim["spec"]["volumeName"]]
+        assert pv["spec"]["claimRef"] == {"namespace": f"tailseg-{overlay}",
+                                          "name": claim["metadata"]["name"]}
+        assert set(claim["spec"]["accessModes"]) <= set(pv["spec"]["accessModes"])
+        assert pv["spec"]["storageClassName"] == claim["spec"]["storageClassName"] == ""
+        assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+        sources[overlay] = {k: v for k, v in pv["spec"].items() if k not in
+                            {"accessModes", "claimRef", "capacity"}}
+        sources[overlay]["nfs"] = {k: v for k, v in pv["spec"]["nfs"].items() if k != "readOnly"}
+        # The server mounts the same claim where models.config expects the versions.
+        kinds = _by_kind(docs)
+        pod = kinds["Deployment"]["spec"]["template"]["spec"]
+        served = {v["name"]: v for v in pod["volumes"]}
+        (server_mount,) = [m for m in pod["containers"][0]["volumeMounts"]
+                           if served[m["name"]].get("persistentVolumeClaim", {}).get(
+                               "claimName") == claim["metadata"]["name"]]
+        assert server_mount["readOnly"] is True
+        assert server_mount["mountPath"] == export_dir
+        assert "/models/serving/tailseg" in kinds["ConfigMap"]["data"]["models.config"]
+    assert sources["staging"] == sources["production"], "the stages use different filesystems"
+    production = kustomize("production")
+    (pv,) = [d for d in production if d["kind"] == "PersistentVolume"]
+    assert pv["spec"]["accessModes"] == ["ReadOnlyMany"] and pv["spec"]["nfs"]["readOnly"]
+
+
 def test_serving_config_parses_and_points_at_the_export_layout(rendered):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -151,7 +281,7 @@ def test_stack_files_load_and_name_their_components():
     stacks = load_stacks(environ={})
     assert set(stacks) == {"local", "kubernetes", "kubeflow"}
     assert stacks["local"].stack_name == "default" and not stacks["local"].is_remote
-    expected = {"kubernetes": ("kubernetes", "s3"), "kubeflow": ("kubeflow", "gcp")}
+    expected = {"kubernetes": ("kubernetes", "s3"), "kubeflow": ("kubeflow", "s3")}
     for name, (orchestrator, store) in expected.items():
         stack = stacks[name]
         assert stack.orchestrator_flavor == orchestrator
@@ -216,6 +346,134 @@ def test_stack_register_in_an_isolated_zenml_store(tmp_path):
     assert refused.returncode == 2 and "cannot run pipelines on a schedule" in refused.stderr
 
 
+# --- Bootstrap: what the cluster needs before the first run -----------------------------------
+
+PIPELINE_INFRA = ROOT / "infra/k8s/pipeline"
+
+
+def _secret_templates() -> dict[tuple[str, str], dict]:
+    docs = [yaml.safe_load(path.read_text()) for path in (PIPELINE_INFRA / "secrets").glob("*")]
+    return {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs}
+
+
+@needs_kubectl
+def test_bootstrap_creates_the_orchestrator_account_zenml_no_longer_creates():
+    # KubernetesOrchestrator._get_service_account_name (ZenML 0.98): with service_account_name
+    # set, ZenML creates nothing; without it, it creates that account and binds the ClusterRole
+    # "edit" in the namespace (kube_utils.create_edit_service_account). Our stack sets the
+    # name, so the bootstrap must create what ZenML would have: the same RoleBinding.
+    import kubernetes_validate
+    from zenml.integrations.kubernetes.manifest_utils import (
+        build_role_binding_manifest_for_service_account,
+    )
+
+    docs = [d for d in yaml.safe_load_all(subprocess.run(
+        [KUBECTL, "kustomize", str(PIPELINE_INFRA)], capture_output=True, text=True,
+        check=True).stdout) if d]
+    for doc in [*docs, *_secret_templates().values()]:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    for name, stack in load_stacks(environ={}).items():
+        if name == "local":
+            continue
+        builder = stack.component("image_builder").configuration
+        namespaces = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
+        assert builder["kubernetes_namespace"] in namespaces  # ZenML will not create it
+    orchestrator = load_stack(ROOT / "infra/zenml/kubernetes.yaml", {}).component(
+        "orchestrator").configuration
+    namespace, account = orchestrator["kubernetes_namespace"], orchestrator["service_account_name"]
+    assert any(d["kind"] == "ServiceAccount" and d["metadata"] == {
+        **d["metadata"], "name": account, "namespace": namespace} for d in docs)
+    expected = build_role_binding_manifest_for_service_account(
+        name="zenml-edit", role_name="edit", service_account_name=account, namespace=namespace)
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["metadata"]["namespace"] == namespace
+    assert {k: v for k, v in binding.items() if k != "metadata"} == \
+        {k: v for k, v in expected.items() if k != "metadata"}
+    # Each run's (or schedule's) ZenML token in a Secret, not in the pod spec in plain text;
+    # creating that Secret is within "edit".
+    assert orchestrator["pass_zenml_token_as_secret"] is True
+
+
+def test_kaniko_gets_registry_push_and_artifact_store_read_credentials():
+    # Kaniko reads the build context from the artifact store (store_context_in_artifact_store)
+    # and pushes to the registry with /kaniko/.docker/config.json; ZenML passes the volumes,
+    # mounts and env_from of the image builder's configuration into the Kaniko pod.
+    templates = _secret_templates()
+    for name, stack in load_stacks(environ={}).items():
+        if name == "local":
+            continue
+        builder = stack.component("image_builder").configuration
+        namespace = builder["kubernetes_namespace"]
+        assert builder["store_context_in_artifact_store"] is True
+        (docker,) = [m for m in builder["volume_mounts"] if m["mountPath"] == "/kaniko/.docker"]
+        (volume,) = [v for v in builder["volumes"] if v["name"] == docker["name"]]
+        secret = templates[(namespace, volume["secret"]["secretName"])]
+        assert secret["type"] == "kubernetes.io/dockerconfigjson"
+        assert volume["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
+        (source,) = builder["env_from"]
+        keys = set(templates[(namespace, source["secretRef"]["name"])]["stringData"])
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= keys
+        # The pods that run steps read the store through a ZenML secret, not a pod env var.
+        store = stack.component("artifact_store").configuration
+        assert store["authentication_secret"] == "tailseg-s3"
+    for secret in templates.values():  # templates, never real credentials
+        text = yaml.safe_dump(secret)
+        assert "REPLACE_ME" in text or "BASE64_USER_COLON_TOKEN" in text
+
+
+@pytest.mark.parametrize(("extra", "stack"), [("kubernetes", "kubernetes"),
+                                              ("kubeflow", "kubeflow")])
+def test_project_extra_installs_every_zenml_integration_of_its_stack(extra, stack):
+    # `zenml integration install <name>` installs Integration.REQUIREMENTS; a flavor whose
+    # integration misses one fails to import on the client (stack_component.py: "The `s3`
+    # integration ... is not installed"). The extra pins the same requirements.
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from zenml.integrations.registry import integration_registry
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def pins(names: list[str]) -> dict[str, Requirement]:
+        found = {}
+        for text in names:
+            requirement = Requirement(text)
+            if requirement.name == "tailseg":
+                for nested in requirement.extras:
+                    found |= pins(extras[nested])
+            else:
+                found[requirement.name.lower()] = requirement
+        return found
+
+    available = pins(project["dependencies"] + extras[extra])
+    owners = {}
+    for integration_name, integration in integration_registry.integrations.items():
+        for flavor in integration.flavors():
+            owners[(flavor().type.value, flavor().name)] = integration_name
+    needed = {owners[(kind, c.flavor)] for kind, (c,) in load_stacks(environ={})[
+        stack].components.items() if (kind, c.flavor) in owners}
+    assert {stack, "s3", "kaniko"} <= needed
+    for integration_name in needed:
+        for text in integration_registry.integrations[integration_name].get_requirements():
+            wanted = Requirement(text)
+            assert wanted.name.lower() in available, f"{extra}: {integration_name} needs {text}"
+            pin = available[wanted.name.lower()]
+            pinned = [s.version for s in pin.specifier if s.operator == "=="]
+            if pinned:
+                assert wanted.specifier.contains(pinned[0]), f"{pin} does not satisfy {text}"
+
+
+@pytest.mark.slow  # about 1 minute, needs the package index: resolves the extras with pip
+@pytest.mark.parametrize("extra", ["kubernetes", "kubeflow"])
+def test_extras_resolve_with_the_pinned_dependencies(extra, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report",
+         str(tmp_path / "report.json"), "-e", f"{ROOT}[{extra}]"],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 # --- Cluster run configuration -----------------------------------------------------------------
 
 def _merged(overlay: str) -> dict:
@@ -235,7 +493,6 @@ def test_k8s_overlay_compiles_to_gpu_pods_schedule_and_data_hash_cache():
     run = PipelineRunConfiguration.model_validate(merged)
     parse_config(merged["parameters"]["config"], "merged zenml.k8s.yaml")
     parse_cron(run.schedule.cron_expression, "kubernetes")
-    assert run.enable_cache is True
     pipeline_settings = KubernetesOrchestratorSettings.model_validate(
         run.settings["orchestrator.kubernetes"].model_dump(exclude_unset=True))
     assert pipeline_settings.concurrency_policy == "Forbid"
@@ -256,11 +513,75 @@ def test_k8s_overlay_compiles_to_gpu_pods_schedule_and_data_hash_cache():
         assert pod.node_selectors == {"nvidia.com/gpu.present": "true"}
         assert pod.tolerations[0]["key"] == "nvidia.com/gpu"
         assert {m["mountPath"] for m in pod.volume_mounts} == {"/data", "/models"}
-    for name in ("dataset_validator", "data_splitter"):
+    for name in DATASET_KEYED_STEPS:
         function = source_utils.load(run.steps[name].cache_policy.cache_func)
         assert function is dataset_cache_key
     docker = run.settings["docker"]
     assert docker.parent_image == "tensorflow/tensorflow:2.21.0-gpu"
+
+
+def _pipeline_steps() -> set[str]:
+    """The step functions the training pipeline calls (those imported from steps/)."""
+    import ast
+
+    tree = ast.parse((ROOT / "pipelines" / "training.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("steps.") for alias in node.names}
+    return {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name) and node.func.id in imported}
+
+
+# Steps that compute only from the chips: cacheable, keyed on the dataset's content.
+DATASET_KEYED_STEPS = {"data_splitter", "hyperparameter_tuner", "model_trainer",
+                       "model_evaluator"}
+# Steps whose effect or input lies outside the run: never served from the cache.
+SIDE_EFFECT_STEPS = {"dataset_validator", "model_gate", "model_exporter", "model_promoter"}
+
+
+@pytest.mark.parametrize("overlay", ["zenml.k8s.yaml", "zenml.kubeflow.yaml"])
+def test_caching_is_set_per_step_never_for_the_whole_run(overlay):
+    # ZenML 0.98 config/compiler.py (_apply_run_configuration): a run-level enable_cache is
+    # applied to every step, overriding @step(enable_cache=False); only a per-step value
+    # (steps.<name>.enable_cache, applied later) keeps side-effect steps out of the cache.
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    run = PipelineRunConfiguration.model_validate(_merged(overlay))
+    assert run.enable_cache is None, "a run-level enable_cache overrides every step"
+    assert DATASET_KEYED_STEPS | SIDE_EFFECT_STEPS == _pipeline_steps()  # every step decided
+    for name in DATASET_KEYED_STEPS:
+        assert run.steps[name].enable_cache is True, name
+        assert run.steps[name].cache_policy.cache_func.attribute == "dataset_cache_key", name
+    for name in SIDE_EFFECT_STEPS:
+        assert run.steps[name].enable_cache is False, name
+
+
+@pytest.mark.slow  # about 30 s: compiles the training pipeline (imports TensorFlow)
+def test_zenml_compiler_keeps_side_effect_steps_uncached(tmp_path):
+    """The rule above, through ZenML's own compiler: with the overlay as written, only the
+    dataset-keyed steps are cacheable; a run-level enable_cache: true alone makes every step so."""
+    from pipelines.runner import effective_configuration
+    from pipelines.training import training
+
+    def compiled(config: dict) -> dict:
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(config))
+        pipeline = training.with_options(config_path=str(path))
+        pipeline.prepare()
+        snapshot, schedule, _ = pipeline._compile(config_path=str(path))
+        assert schedule.name == "tailseg-weekly-retrain"
+        return {name: step.config for name, step in snapshot.step_configurations.items()}
+
+    effective = effective_configuration(ROOT / "zenml.yaml", ROOT / "zenml.k8s.yaml")
+    steps = compiled(effective)
+    assert {name for name, c in steps.items() if c.enable_cache} == DATASET_KEYED_STEPS
+    for name in DATASET_KEYED_STEPS:
+        assert steps[name].cache_policy.cache_func.attribute == "dataset_cache_key"
+    # The trap: a run-level enable_cache: true (and no per-step value, as before) makes even
+    # the @step(enable_cache=False) steps cacheable.
+    bare_steps = {name: {k: v for k, v in step.items() if k != "enable_cache"}
+                  for name, step in effective["steps"].items()}
+    steps = compiled({**effective, "enable_cache": True, "steps": bare_steps})
+    assert all(c.enable_cache for c in steps.values())
 
 
 def test_pipeline_has_the_steps_the_overlays_configure():
@@ -284,7 +605,48 @@ def test_kubeflow_overlay_requests_gpus_the_kfp_way():
         pod = KubernetesPodSettings.model_validate(
             settings["orchestrator.kubeflow"].model_dump(exclude_unset=True)["pod_settings"])
         assert set(pod.model_fields_set) == {"node_selectors"}  # the only field KFP 2 applies
-        assert "accelerator" in pod.node_selectors
+        # ZenML passes this value to task.set_accelerator_type together with the gpu_count
+        # limit; KFP requests a resource of that name ("nvidia.com/gpu", per kfp's
+        # docstring), so a node-label value such as nvidia-tesla-t4 asks for a resource no
+        # node has.
+        assert pod.node_selectors == {"accelerator": "nvidia.com/gpu"}
+
+
+def test_kubeflow_paths_exist_in_the_pod_and_exports_persist():
+    import inspect
+
+    from zenml.entrypoints.base_entrypoint_configuration import BaseEntrypointConfiguration
+    from zenml.utils import code_utils
+
+    from tailseg.config import parse_config
+
+    # ZenML 0.98: the step entrypoint changes to /app, then extracts the code downloaded from
+    # the artifact store into ./code and changes into it: the source root is /app/code.
+    assert 'os.chdir("/app")' in inspect.getsource(
+        BaseEntrypointConfiguration.prepare_code_environment)
+    assert 'os.path.abspath("code")' in inspect.getsource(
+        code_utils.download_code_from_artifact_store)
+    merged = _merged("zenml.kubeflow.yaml")
+    docker = merged["settings"]["docker"]
+    # Only that route, so the code (and the chips under data/) are always at /app/code.
+    assert docker["allow_download_from_artifact_store"] is True
+    assert docker["allow_download_from_code_repository"] is False
+    assert docker["allow_including_files_in_images"] is False
+    config = parse_config(merged["parameters"]["config"], "zenml.kubeflow.yaml")
+    data_dir = config.data.data_dir
+    assert data_dir.startswith("/app/code/")
+    assert (ROOT / data_dir.removeprefix("/app/code/") / "images").is_dir()
+    assert merged["environment"]["TAILSEG_DATA_DIR"] == data_dir
+    if shutil.which("git") and (ROOT / ".git").exists():
+        # ZenML's CodeArchive leaves out what git ignores.
+        tracked = subprocess.run(["git", "ls-files", data_dir.removeprefix("/app/code/")],
+                                 cwd=ROOT, capture_output=True, text=True).stdout.split()
+        assert tracked, "the chips must be in the code archive (tracked, not git-ignored)"
+    # No volume in a KFP pod: every version is copied to object storage, through the artifact
+    # store's filesystem, which refuses paths outside its root (BaseArtifactStore.
+    # _validate_path: "outside of artifact store bounds").
+    store = load_stack(ROOT / "infra/zenml/kubeflow.yaml", {}).component("artifact_store")
+    assert config.export.repository_uri.startswith(store.configuration["path"] + "/")
 
 
 def test_image_requirements_export_matches_pyproject():
@@ -324,3 +686,62 @@ def test_cpu_fallback_and_forced_mixed_precision():
             configure_precision("maybe")
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+# --- The walk-through ---------------------------------------------------------------------------
+
+def _doc_commands() -> list[list[str]]:
+    """Shell commands of docs/kubernetes.md's ```bash blocks (continuations joined)."""
+    import re
+    import shlex
+
+    text = (ROOT / "docs/kubernetes.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        pending = ""
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            pending += " " + line
+            try:  # a quoted argument may span lines
+                words = shlex.split(pending.replace("<", "").replace(">", ""), comments=True)
+            except ValueError:
+                continue
+            pending = ""
+            if words:
+                commands.append(words)
+    return commands
+
+
+def test_every_command_of_the_walk_through_exists():
+    import click
+    from zenml.cli.cli import cli as zenml_cli
+
+    from tailseg.cli import build_parser
+
+    commands = _doc_commands()
+    seen = {command[0] for command in commands}
+    assert {"tailseg", "zenml", "kubectl", "pip"} <= seen
+    parser = build_parser()
+    for command in commands:
+        match command:
+            case ["tailseg", *args]:
+                parser.parse_args(args)  # SystemExit on an unknown command or option
+            case ["zenml", *args]:
+                group, names = zenml_cli, [a for a in args if not a.startswith("-")]
+                context = click.Context(zenml_cli)
+                while isinstance(group, click.Group) and names:
+                    group = group.get_command(context, names.pop(0))
+                    assert group is not None, f"no such zenml command: {command}"
+                options = {opt for param in group.params for opt in param.opts}
+                for arg in args:
+                    flag = arg.split("=")[0]
+                    if flag.startswith("--") and not isinstance(group, click.Group):
+                        allows_extra = group.context_settings.get("ignore_unknown_options")
+                        assert flag in options or allows_extra, f"{command}: {flag}"
+            case ["kubectl", "apply" | "kustomize", *args]:
+                path = args[args.index("-k") + 1] if "-k" in args else args[0]
+                assert (ROOT / path / "kustomization.yaml").is_file(), command
+            case ["pip", "install", "-e", target]:
+                extra = target.split("[")[1].rstrip("]\"'")
+                import tomllib
+                project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+                assert extra in project["optional-dependencies"]

@@ -1,7 +1,12 @@
-"""The library stays a library: importing every tailseg module loads no ZenML."""
+"""The library stays a library: importing every tailseg module loads no ZenML, and the modules
+import each other without cycles."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import tailseg
 
 CHECK = """
 import importlib, pkgutil, sys
@@ -20,3 +25,58 @@ def test_no_tailseg_module_imports_zenml():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.split()[0]) > 20
+
+
+def _imported_tailseg_modules(path, names: set[str]) -> set[str]:
+    """The tailseg modules a file imports anywhere (in functions too), with their packages."""
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+    # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
+    imported |= {".".join(name.split(".")[:k]) for name in imported
+                 for k in range(1, name.count(".") + 1)}
+    return imported & names
+
+
+def _import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in graph[module]:
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while (top := stack.pop()) != module:
+                component.append(top)
+            if component:
+                cycles.append(sorted([module, *component]))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_tailseg_modules_import_each_other_without_cycles():
+    """Imports flow one way, deferred (in-function) imports included: a cycle such as
+    tailseg.backends <-> tailseg.serving.client means neither module can stand alone."""
+    root = Path(tailseg.__file__).parent
+    files = {".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(
+        ".__init__"): path for path in root.rglob("*.py")}
+    graph = {name: _imported_tailseg_modules(path, set(files)) - {name}
+             for name, path in files.items()}
+    assert graph["tailseg.backends"] >= {"tailseg.predictor", "tailseg.serving.client"}
+    assert _import_cycles(graph) == []

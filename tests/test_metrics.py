@@ -19,6 +19,17 @@ def test_hand_computed_counts_and_scores():
     assert result["accuracy"] == pytest.approx(6 / 8)
 
 
+def test_precision_and_recall_are_not_interchangeable():
+    # 2 hits, 1 false alarm, 3 misses: precision 2/3 (of what was predicted), recall 2/5 (of
+    # the tailings). Swapping the two formulas would swap these values.
+    truth = np.array([[1, 1, 1, 1, 1, 0, 0, 0]])
+    predicted = np.array([[1, 1, 0, 0, 0, 1, 0, 0]])
+    result = scores(confusion(truth, predicted))
+    assert result["precision"] == pytest.approx(2 / 3)
+    assert result["recall"] == pytest.approx(2 / 5)
+    assert result["f1"] == pytest.approx(4 / 8) and result["iou"] == pytest.approx(2 / 6)
+
+
 def test_empty_mask_and_empty_prediction_is_perfect():
     result = scores(confusion(np.zeros((3, 3)), np.zeros((3, 3))))
     assert result == {"iou": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0}

@@ -11,7 +11,8 @@ import yaml
 from tailseg.cli import main
 
 TINY = {
-    "data": {},
+    # The split hashes each chip id; with 8 chips these fractions leave 5/2/1 chips.
+    "data": {"val_fraction": 0.4, "test_fraction": 0.4},
     "validation": {"min_valid_chips": 5, "max_quarantined_share": 0.2},
     "model": {"base_filters": 2, "depth": 2, "dropout": 0.0},
     "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 64,
@@ -57,7 +58,7 @@ def first_run(tmp_path_factory, data_dir, zenml_home):
     return root, run_pipeline("training", config)
 
 
-def test_run_exports_a_versioned_model_and_promotes_it(first_run):
+def test_run_exports_a_versioned_model_and_promotes_it(first_run, data_dir):
     root, summary = first_run
     assert summary["status"] == "completed" and summary["blessed"]
     export = summary["export"]
@@ -68,6 +69,13 @@ def test_run_exports_a_versioned_model_and_promotes_it(first_run):
     assert (saved_model / "assets.extra" / "model_card.md").read_text().startswith("# Model card")
     assert Path(export["onnx"]).is_file()
     assert summary["stage"] == "production"
+    # Planned and run epochs reach the run summary, the model card and the export metadata.
+    assert summary["training"]["planned_epochs"] == summary["training"]["epochs_run"] == 1
+    assert summary["training"]["stop_reason"] == "completed"
+    card = (saved_model / "assets.extra" / "model_card.md").read_text()
+    assert "Epochs run: 1, planned 1 (no time budget)" in card
+    metadata = json.loads((saved_model / "assets.extra" / "tailseg.json").read_text())
+    assert metadata["training_schedule"]["schedule_completed"] is True
 
     from zenml.client import Client
     from zenml.enums import ModelStages
@@ -81,10 +89,15 @@ def test_run_exports_a_versioned_model_and_promotes_it(first_run):
     assert sum(len(split[k]) for k in ("train", "val", "test")) == 8
     report = run.steps["dataset_validator"].outputs["validation_report"][0].load()
     assert "chip_023" in str(report)
+    # The next run's drift baseline is this dataset's band statistics.
+    from steps.etl.dataset_validator import previous_band_statistics
+
+    stats = run.steps["dataset_validator"].outputs["band_statistics"][0].load()
+    assert previous_band_statistics(data_dir) == stats
 
 
 def test_impossible_gate_rejects_and_leaves_serving_untouched(first_run, data_dir, capsys):
-    root, _ = first_run
+    root, first = first_run
     before = sorted(p.name for p in (root / "exports" / "serving" / "tailseg").iterdir())
     config = write_config(root / "strict.yaml", data_dir, root / "exports",
                           gate={"min_iou": 1.0})
@@ -101,6 +114,12 @@ def test_impossible_gate_rejects_and_leaves_serving_untouched(first_run, data_di
     latest = Client().get_model_version("tailseg-test")
     assert latest.run_metadata["blessed"] is False
     assert latest.stage is None or latest.stage != ModelStages.PRODUCTION
+    # The production model (version 1) was re-evaluated on this run's test chips at its own
+    # threshold: the same model on the same chip scores its own test IoU again.
+    run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
+    decision = run.steps["model_gate"].outputs["gate_decision"][0].load()
+    assert decision["compared_chips"] == 1
+    assert decision["baseline_iou"] == pytest.approx(first["test"]["iou"], abs=1e-4)
 
 
 def test_unusable_dataset_stops_the_run_before_training(first_run, bundled_data, tmp_path,
@@ -132,4 +151,9 @@ def test_evaluate_cli_scores_the_export_with_each_backend(first_run, bundled_dat
         assert {"iou", "f1", "precision", "recall", "accuracy", "per_chip"} <= report.keys()
         assert [c["chip_id"] for c in report["per_chip"]] == ["chip_000", "chip_002"]
         assert report["threshold"] == summary["test"]["threshold"]
+        # Site metrics: one labelled site per bundled chip; two 448 x 448 chips of ~92 m2
+        # pixels (about 37 km2).
+        assert report["sites"]["sites_labelled"] == 2
+        assert report["sites"]["area_km2"] == pytest.approx(37, rel=0.05)
     assert reports["base"]["iou"] == pytest.approx(reports["onnx"]["iou"], abs=1e-3)
+    assert reports["base"]["sites"]["sites_found"] == reports["onnx"]["sites"]["sites_found"]

@@ -172,8 +172,11 @@ def test_failure_leaves_nothing_and_outputs_are_not_overwritten(utm_scene, red_m
 
 def test_bad_inputs_fail_clearly_without_outputs(utm_scene, red_model, tmp_path):
     path, _, _ = utm_scene
-    with pytest.raises(ReflectanceConventionError, match="scene.tif.*ambiguous"):
-        predict_scene(path, red_model, tmp_path / "out", SMALL)  # uint16 without metadata
+    # Plain DN read with the baseline-04.00 offset would be far below zero.
+    with pytest.raises(ReflectanceConventionError, match="scene.tif: convention 'dn_offset'.*"
+                       "below -0.05.*'dn'.*fits"):
+        predict_scene(path, red_model, tmp_path / "out",
+                      SMALL.model_copy(update={"convention": "dn_offset"}))
     four = write_image(tmp_path / "four.tif", np.ones((4, 20, 20)), descriptions=None)
     with pytest.raises(BandCountError, match="four.tif: has 4 bands"):
         predict_scene(four, red_model, tmp_path / "out", SMALL)

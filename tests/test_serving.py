@@ -34,6 +34,7 @@ from tailseg.serving.protocol import to_tensor_proto
 from tailseg.serving.warmup import predict_request, write_warmup_file
 
 MAX_REQUEST_BYTES = 300_000
+MAX_PIXELS = 30_000
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def export(tmp_path_factory):
 def server(export, tmp_path_factory):
     base = os.path.dirname(export["saved_model"])
     with launch_server(["--model-base-path", base, "--model-name", "tailseg", "--poll-seconds",
-                        "0.3", "--max-request-bytes", str(MAX_REQUEST_BYTES)],
+                        "0.3", "--max-request-bytes", str(MAX_REQUEST_BYTES),
+                        "--max_pixels_in_flight", str(MAX_PIXELS)],
                        tmp_path_factory.mktemp("server")) as running:
         yield running
 
@@ -141,6 +143,12 @@ def test_status_and_metadata_answer_over_rest_and_grpc(server):
     ("tailseg/labels/stable", None, 404, "label"),
     ("tailseg:predict", b"[" + b"0.12345," * (MAX_REQUEST_BYTES // 8) + b"0]", 413, "limit"),
     ("tailseg:classify", b'{"instances": []}', 501, "not implemented"),
+    # 1e39 overflows float32 to Inf: refused by name (TF Serving would run it; see docs).
+    ("tailseg:predict", b'{"inputs": [[[[1e39, 0.1, 0.2]]]]}', 400, "non-finite values"),
+    ("tailseg:predict", b'{"inputs": [[[[NaN, 0.1, 0.2]]]]}', 400, "JSON Parse error"),
+    # One image larger than the whole pixel budget: RESOURCE_EXHAUSTED -> 429, as http_server.cc.
+    ("tailseg:predict", json.dumps({"inputs": [[[[0, 0, 0]] * 175] * 175]},
+                                   separators=(",", ":")).encode(), 429, "exceeds the server's"),
 ])
 def test_bad_rest_requests_get_clear_errors_and_serving_goes_on(server, path, body, status,
                                                                  words):
@@ -152,6 +160,52 @@ def test_bad_rest_requests_get_clear_errors_and_serving_goes_on(server, path, bo
     assert ok[0] == 200 and np.array(ok[1]["outputs"]).shape == (1, 1, 1, 1)
 
 
+def test_every_method_and_path_answers_json_and_query_strings_are_ignored(server):
+    for method, path, status in [
+            ("PUT", "/v1/models/tailseg", 405), ("DELETE", "/v1/models/tailseg", 405),
+            ("PATCH", "/v1/models/tailseg:predict", 405), ("OPTIONS", "/v1/models/tailseg", 405),
+            ("GET", "/v1/models/tailseg:predict", 405), ("DELETE", "/nowhere", 404),
+            ("BREW", "/v1/models/tailseg", 501)]:
+        answer = http(method, server.rest_url + path)  # http() parses the body as JSON
+        assert answer[0] == status and answer[1]["error"], (method, path, answer)
+    assert http("GET", f"{server.rest_url}/v1/models/tailseg?debug=1")[0] == 200
+    status, body = http("POST", f"{server.rest_url}/v1/models/tailseg:predict?debug=1&x",
+                        b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}')
+    assert status == 200 and np.array(body["outputs"]).shape == (1, 1, 1, 1)
+
+
+def _malformed(change) -> predict_pb2.PredictRequest:
+    request = predict_request(np.full((1, 2, 2, 3), .1, np.float32), "tailseg")
+    change(request.inputs["image"])
+    return request
+
+
+def _set_dims(tensor, *sizes) -> None:
+    for dim, size in zip(tensor.tensor_shape.dim, sizes, strict=True):
+        dim.size = size
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda t: _set_dims(t, 1, -2, 2, 3), "negative dimension"),
+    (lambda t: _set_dims(t, 2**40, 2**40, 2**40, 3), f"needs {2**120 * 3} values"),
+    (lambda t: _set_dims(t, 2**62, 2**62, 1, 3), "values but the tensor holds 12"),
+    (lambda t: setattr(t, "tensor_content", t.tensor_content[:-1]), "not a multiple of 4"),
+    (lambda t: setattr(t, "tensor_content", t.tensor_content[:-4]), "needs 12 values"),
+    (lambda t: setattr(t, "tensor_content", np.full(12, np.nan, np.float32).tobytes()),
+     "12 non-finite values"),
+    (lambda t: setattr(t, "tensor_content", np.r_[np.zeros(11), np.inf].astype(
+        np.float32).tobytes()), "the first at [n, y, x, band] = [0, 1, 1, 2]"),
+    (lambda t: setattr(t.tensor_shape, "unknown_rank", True), "unknown rank"),
+])
+def test_malformed_tensors_are_invalid_argument(server, change, words):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(server.grpc_target))
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(_malformed(change), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert words in raised.value.details()
+
+
 def test_bad_grpc_requests_get_clear_errors_and_serving_goes_on(server, images):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(
         grpc.insecure_channel(server.grpc_target))
@@ -160,14 +214,15 @@ def test_bad_grpc_requests_get_clear_errors_and_serving_goes_on(server, images):
     wrong_name = predict_pb2.PredictRequest()
     wrong_name.model_spec.name = "tailseg"
     wrong_name.inputs["images"].CopyFrom(to_tensor_proto(images))
-    huge = np.zeros((1, 200, 200, 3), np.float32)  # 480 kB > the 300 kB limit
+    huge = np.zeros((1, 200, 200, 3), np.float32)  # 40 000 pixels > the 30 000 pixel budget
     cases = [(wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "dtype float64"),
              (predict_request(images[..., :2], "tailseg"), grpc.StatusCode.INVALID_ARGUMENT,
               "[N, H, W, 3]"),
              (wrong_name, grpc.StatusCode.INVALID_ARGUMENT, "['images']"),
              (predict_request(images, "nomodel"), grpc.StatusCode.NOT_FOUND, "nomodel"),
              (predict_request(images, "tailseg", version=9), grpc.StatusCode.NOT_FOUND, "9"),
-             (predict_request(huge, "tailseg"), grpc.StatusCode.RESOURCE_EXHAUSTED, "")]
+             (predict_request(huge, "tailseg"), grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "40000 pixels exceeds")]
     for request, code, words in cases:
         with pytest.raises(grpc.RpcError) as raised:
             stub.Predict(request, timeout=30)

@@ -38,3 +38,15 @@ def test_disabled_tuning_passes_the_configured_values_through():
     result = run_tuning({"train": [], "val": []}, config)
     assert result == {"tuned": False, "best_params": {
         "learning_rate": 0.001, "batch_size": 4, "loss": "bce_dice", "base_filters": 16}}
+
+
+def test_time_budget_is_honoured_between_and_within_trials(tmp_path):
+    chips, _ = load_chips(require_pairs(make_dataset(tmp_path, n_chips=3, size=32)))
+    # 0.06 s: the first epoch (graph tracing included) alone takes longer.
+    config = TuningConfig(enabled=True, n_trials=3, epochs_per_trial=20, batch_sizes=[2],
+                          timeout_minutes=0.001)
+    train = TrainConfig(steps_per_epoch=1, crop_size=32, verbose=0)
+    result = tune(chips[:2], chips[2:], ModelConfig(base_filters=2, depth=2, dropout=0), train,
+                  config)
+    assert [t["state"] for t in result["trials"]] == ["COMPLETE"]
+    assert result["trials"][0]["epochs_run"] <= 2

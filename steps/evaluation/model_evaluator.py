@@ -21,7 +21,9 @@ def model_evaluator(unet_model: keras.Model, data_split: dict, config: RunConfig
     """Score the held-out test split at the threshold chosen on validation."""
     metrics, figures = run_evaluation(unet_model, data_split, config)
     log_metadata({f"test_{k}": metrics[k] for k in ("iou", "f1", "precision", "recall",
-                                                     "accuracy", "threshold")},
+                                                     "accuracy", "threshold")}
+                 | {f"test_{k}": v for k, v in metrics["sites"].items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)},
                  infer_model=True)
     return (metrics, figures["precision_recall_curve"], figures["best_test_chips"],
             figures["worst_test_chips"])

@@ -5,30 +5,43 @@ from zenml.client import Client
 from zenml.enums import ModelStages
 
 from tailseg.config import RunConfig
-from tailseg.gate import decide
-from tailseg.workflow import evaluate_baseline
+from tailseg.errors import ProductionModelError
+from tailseg.gate import Comparison, decide
+from tailseg.workflow import compare_with_production
 
 
-def _production_baseline(data_split: dict, config: RunConfig, threshold: float) -> dict | None:
-    """The production model's metrics on this run's test split, or None if there is none."""
-    model = get_step_context().model
+def production_comparison(model_name: str, test_metrics: dict, data_split: dict,
+                          config: RunConfig) -> Comparison | None:
+    """Both models on the test chips neither trained on; None when nothing is in production.
+
+    Raises:
+        ProductionModelError: the production version lacks its model or its split.
+    """
     try:
-        production = Client().get_model_version(model.name, ModelStages.PRODUCTION)
+        production = Client().get_model_version(model_name, ModelStages.PRODUCTION)
     except KeyError:
         return None
-    artifact = production.get_artifact("unet_model")
-    if artifact is None:
-        return None
-    baseline_threshold = production.run_metadata.get("test_threshold", threshold)
-    return evaluate_baseline(artifact.load(), data_split, config, float(baseline_threshold))
+    artifacts = {name: production.get_artifact(name) for name in ("unet_model", "data_split")}
+    missing = [name for name, artifact in artifacts.items() if artifact is None]
+    if missing:
+        raise ProductionModelError(
+            f"model {model_name!r} version {production.name!r} is in production but has no "
+            f"{' or '.join(missing)} artifact, so the gate cannot compare with it; re-promote a "
+            "version trained by this pipeline, or archive this one (`zenml model version update "
+            f"{model_name} {production.name} --stage archived`) to release as a first model")
+    threshold = float(production.run_metadata.get("test_threshold", test_metrics["threshold"]))
+    return compare_with_production(test_metrics, data_split, artifacts["unet_model"].load(),
+                                   artifacts["data_split"].load(), threshold, config)
 
 
 @step(enable_cache=False)
 def model_gate(test_metrics: dict, data_split: dict, config: RunConfig
                ) -> Annotated[dict, "gate_decision"]:
     """Bless or reject: absolute thresholds, then no regression against production."""
-    baseline = _production_baseline(data_split, config, test_metrics["threshold"])
-    decision = decide(test_metrics, config.gate, baseline).as_dict()
-    log_metadata({"blessed": decision["blessed"], "gate_reasons": decision["reasons"]},
-                 infer_model=True)
+    comparison = production_comparison(get_step_context().model.name, test_metrics, data_split,
+                                       config)
+    decision = decide(test_metrics, config.gate, comparison).as_dict()
+    compared = {} if comparison is None else {"gate_compared_chips": len(comparison.chip_ids)}
+    log_metadata({"blessed": decision["blessed"], "gate_reasons": decision["reasons"],
+                  **compared}, infer_model=True)
     return decision

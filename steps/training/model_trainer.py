@@ -19,6 +19,9 @@ def model_trainer(data_split: dict, best_hyperparameters: dict, config: RunConfi
     """Train the U-Net (GPU when present) and keep the best validation-IoU weights."""
     model, history, curves = run_training(data_split, best_hyperparameters, config)
     log_metadata({"best_epoch": history["best_epoch"], "epochs_run": history["epochs_run"],
+                  "planned_epochs": history["planned_epochs"],
+                  "stop_reason": history["stop_reason"],
+                  "schedule_completed": history["schedule_completed"],
                   "train_seconds": history["seconds"],
                   "chips_per_second": history["chips_per_second"],
                   "best_val_iou": max(history["history"]["val_iou"])})

@@ -1,7 +1,7 @@
 """Clients of a TF Serving(-compatible) server: REST and gRPC, with timeouts and retries.
 
 Both take float32 reflectance [N, H, W, 3] and return probabilities [N, H, W, 1], like the
-in-process backends, and `as_predictor()` wraps them as a tailseg.backends.Predictor. Only
+in-process backends, and `as_predictor()` wraps them as a tailseg.predictor.Predictor. Only
 connection failures and UNAVAILABLE (HTTP 503) are retried, with exponential back-off; a
 request the server rejects fails at once with ServingClientError.
 """
@@ -20,6 +20,7 @@ import orjson
 
 from tailseg.errors import ModelFormatError, ServingClientError
 from tailseg.export import OUTPUT_NAME
+from tailseg.predictor import Predictor
 
 
 def _with_retries(call: Callable, retries: int, backoff: float, retryable: Callable):
@@ -51,8 +52,12 @@ class RestClient:
                                          headers={"Content-Type": "application/json"})
 
         def call() -> dict:
+            from tailseg.serving.limits import gc_paused
+
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return orjson.loads(response.read())
+                body = response.read()
+            with gc_paused():  # a predict answer decodes into ~200k objects per 448 x 448 chip
+                return orjson.loads(body)
 
         def retryable(error: Exception) -> bool:
             if isinstance(error, urllib.error.HTTPError):
@@ -85,9 +90,7 @@ class RestClient:
     def metadata(self) -> dict:
         return self._request(f"{self.model_url}/metadata")
 
-    def as_predictor(self):
-        from tailseg.backends import Predictor
-
+    def as_predictor(self) -> Predictor:
         return Predictor(self.predict, "rest", self.model_url, {"model_name": self.model_name})
 
 
@@ -155,9 +158,7 @@ class GrpcClient:
     def close(self) -> None:
         self.channel.close()
 
-    def as_predictor(self):
-        from tailseg.backends import Predictor
-
+    def as_predictor(self) -> Predictor:
         return Predictor(self.predict, "grpc", f"grpc://{self.target}/{self.model_name}",
                          {"model_name": self.model_name})
 

@@ -1,13 +1,18 @@
 """TF Serving's gRPC API: PredictionService (Predict, GetModelMetadata) and ModelService
-(GetModelStatus), from the tensorflow-serving-api protos. The response builders are shared with
-the REST API, which renders the same protos as JSON.
+(GetModelStatus), from the tensorflow-serving-api protos. The response builders and the
+prediction path (admission control, deadlines, metrics) are shared with the REST API, which
+renders the same protos as JSON.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -18,10 +23,38 @@ from tensorflow_serving.apis import (
 
 from tailseg.errors import ServingRequestError
 from tailseg.export import OUTPUT_NAME, SIGNATURE
+from tailseg.serving.limits import Admission, check_alive
+from tailseg.serving.metrics import ServingMetrics
 from tailseg.serving.protocol import to_tensor_proto
-from tailseg.serving.registry import ModelRegistry
+from tailseg.serving.registry import LoadedVersion, ModelRegistry
 
 logger = logging.getLogger(__name__)
+# TF Serving sets grpc::ServerBuilder::SetMaxMessageSize(kint32max) (model_servers/server.cc).
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+@dataclass
+class ServingRuntime:
+    """What both APIs share: the models, the pixel budget and the metrics (None: off)."""
+
+    registry: ModelRegistry
+    admission: Admission | None = None
+    metrics: ServingMetrics | None = None
+
+    def predict(self, loaded: LoadedVersion, images: np.ndarray, deadline: float | None = None,
+                alive: Callable[[], bool] | None = None) -> np.ndarray:
+        """Wait for room in the pixel budget, then run the model (checked images only)."""
+        check_alive(deadline, alive)
+        if self.admission is None:
+            return loaded.predict(images, deadline, alive)
+        with self.admission.admit(int(np.prod(images.shape[:3])), deadline, alive):
+            return loaded.predict(images, deadline, alive)
+
+    def record(self, model_name: str, api: str, entrypoint: str, status: str,
+               started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_request(model_name, api, entrypoint, status,
+                                         time.perf_counter() - started)
 
 
 def spec_choice(model_spec) -> tuple[int | None, str | None]:
@@ -41,8 +74,8 @@ def status_response(registry: ModelRegistry, name: str, version: int | None = No
         entry = response.model_version_status.add(
             version=number, state=get_model_status_pb2.ModelVersionStatus.State.Value(state.state))
         entry.status.SetInParent()  # TF Serving always reports a status (OK by default)
-        if state.error:
-            entry.status.error_code = 13  # INTERNAL: the version failed to load
+        if state.error:  # the version failed to load: its last error, as TF Serving reports it
+            entry.status.error_code = grpc.StatusCode[state.error_code].value[0]
             entry.status.error_message = state.error
     return response
 
@@ -67,31 +100,43 @@ def metadata_response(registry: ModelRegistry, name: str, version: int | None = 
     return response
 
 
-def _abort_on_error(context: grpc.ServicerContext, call):
+def _abort_on_error(context: grpc.ServicerContext, call, runtime: ServingRuntime | None = None,
+                    model_name: str = "", entrypoint: str = ""):
+    started, status = time.perf_counter(), "OK"
     try:
         return call()
     except ServingRequestError as error:
+        status = error.code
         problem = (getattr(grpc.StatusCode, error.code), str(error))
     except Exception as error:  # report, do not crash the worker
         logger.exception("gRPC request failed")
+        status = "INTERNAL"
         problem = (grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+    finally:
+        if runtime is not None:
+            runtime.record(model_name, "grpc", entrypoint, status, started)
     context.abort(*problem)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, runtime: ServingRuntime):
+        self.runtime = runtime
+        self.registry = runtime.registry
 
     def Predict(self, request, context):
-        return _abort_on_error(context, lambda: self._predict(request))
+        return _abort_on_error(context, lambda: self._predict(request, context), self.runtime,
+                               request.model_spec.name, "Predict")
 
-    def _predict(self, request) -> predict_pb2.PredictResponse:
+    def _predict(self, request, context) -> predict_pb2.PredictResponse:
         unknown = sorted(set(request.output_filter) - {OUTPUT_NAME})
         if unknown:
             raise ServingRequestError(f"output tensor alias not found in signature: {unknown}")
+        remaining = context.time_remaining()  # None without a client deadline
+        deadline = None if remaining is None else time.monotonic() + remaining
         version, label = spec_choice(request.model_spec)
         loaded = self.registry.resolve(request.model_spec.name, version, label)
-        probability = loaded.predict_request(request)
+        probability = self.runtime.predict(loaded, loaded.request_images(request), deadline,
+                                           context.is_active)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = loaded.name
         response.model_spec.version.value = loaded.version
@@ -103,20 +148,23 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         version, label = spec_choice(request.model_spec)
         return _abort_on_error(context, lambda: metadata_response(
             self.registry, request.model_spec.name, version, label,
-            tuple(request.metadata_field)))
+            tuple(request.metadata_field)), self.runtime, request.model_spec.name,
+            "GetModelMetadata")
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, runtime: ServingRuntime):
+        self.runtime = runtime
+        self.registry = runtime.registry
 
     def GetModelStatus(self, request, context):
         version, label = spec_choice(request.model_spec)
         return _abort_on_error(context, lambda: status_response(
-            self.registry, request.model_spec.name, version, label))
+            self.registry, request.model_spec.name, version, label), self.runtime,
+            request.model_spec.name, "GetModelStatus")
 
 
-def add_servicers(server: grpc.Server, registry: ModelRegistry) -> None:
+def add_servicers(server: grpc.Server, runtime: ServingRuntime) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(registry), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
+        PredictionServicer(runtime), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(runtime), server)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tailseg.errors import InfraValidationError
+from tailseg.runtime import tensorflow_environment
 
 
 def validate_version(saved_model_dir: str | Path, model_name: str = "model") -> dict:
@@ -44,7 +44,7 @@ def run_infra_validation(saved_model_dir: str | Path, model_name: str = "model",
     """
     command = [sys.executable, "-m", "tailseg.serving.infra_validate", str(saved_model_dir),
                "--model-name", model_name]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**tensorflow_environment(), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env,
                                 timeout=timeout, check=False)

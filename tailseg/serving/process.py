@@ -7,12 +7,13 @@ so callers never race for ports.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tailseg.runtime import tensorflow_environment
 
 
 @dataclass
@@ -63,7 +64,7 @@ def launch_server(serve_args: list[str], workdir: str | Path,
     out_path, log_path = workdir / "serve.out", workdir / "serve.log"
     command = [sys.executable, "-m", "tailseg.cli", "serve", "--rest-port", "0",
                "--grpc-port", "0", *serve_args]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**tensorflow_environment(), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     with open(out_path, "w") as out, open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=out, stderr=log, env=env)
     server = ServerProcess(process, 0, 0, log_path)

@@ -8,6 +8,7 @@ With a single input the values may be given bare or under the input's name.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import orjson
@@ -15,18 +16,20 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from tailseg.errors import ServingRequestError
 from tailseg.export import INPUT_NAME, OUTPUT_NAME
+from tailseg.serving.limits import gc_paused
 
 # gRPC status name -> HTTP status, as TF Serving's http_server.cc maps them.
 HTTP_STATUS: dict[str, int] = {
     "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400,
-    "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413, "UNIMPLEMENTED": 501, "UNAVAILABLE": 503,
-    "INTERNAL": 500, "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "UNIMPLEMENTED": 501, "UNAVAILABLE": 503,
+    "INTERNAL": 500, "DEADLINE_EXCEEDED": 504, "CANCELLED": 499, "UNKNOWN": 500,
 }
 _NUMPY_TO_DTYPE = {np.dtype(np.float32): types_pb2.DT_FLOAT,
                    np.dtype(np.float64): types_pb2.DT_DOUBLE,
                    np.dtype(np.int32): types_pb2.DT_INT32, np.dtype(np.int64): types_pb2.DT_INT64,
                    np.dtype(np.uint8): types_pb2.DT_UINT8}
 _DTYPE_TO_NUMPY = {value: key for key, value in _NUMPY_TO_DTYPE.items()}
+_VAL_FIELD = {np.float32: "float_val", np.float64: "double_val", np.int64: "int64_val"}
 
 
 def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
@@ -41,21 +44,38 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
 
 
 def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = INPUT_NAME) -> np.ndarray:
-    """The numpy array of a TensorProto (tensor_content or the typed *_val fields)."""
+    """The numpy array of a TensorProto (tensor_content or the typed *_val fields).
+
+    Raises:
+        ServingRequestError: INVALID_ARGUMENT for an unsupported dtype, an unknown rank, a
+            negative dimension, or a value count (or tensor_content length) that does not
+            match the shape, as TF Serving's "tensor parsing error".
+    """
     if proto.dtype not in _DTYPE_TO_NUMPY:
         raise ServingRequestError(
             f"input {name!r} has dtype {types_pb2.DataType.Name(proto.dtype)}; expected DT_FLOAT")
     dtype = _DTYPE_TO_NUMPY[proto.dtype]
     shape = [dim.size for dim in proto.tensor_shape.dim]
+    problem = "unknown rank" if proto.tensor_shape.unknown_rank else \
+        f"negative dimension in shape {shape}" if any(size < 0 for size in shape) else None
+    if problem:
+        raise ServingRequestError(f"tensor parsing error: {name}: {problem}")
+    expected = math.prod(shape)  # Python integers: dimensions that overflow int64 are caught below
+    if proto.tensor_content:
+        if len(proto.tensor_content) % dtype.itemsize:
+            raise ServingRequestError(
+                f"tensor parsing error: {name}: tensor_content holds {len(proto.tensor_content)} "
+                f"bytes, not a multiple of {dtype.itemsize} ({dtype.name})")
+        held = len(proto.tensor_content) // dtype.itemsize
+    else:
+        held = len(getattr(proto, _VAL_FIELD.get(dtype.type, "int_val")))
+    if held != expected:
+        raise ServingRequestError(f"tensor parsing error: {name}: shape {shape} needs {expected} "
+                                  f"values but the tensor holds {held}")
     if proto.tensor_content:
         values = np.frombuffer(proto.tensor_content, dtype=dtype)
     else:
-        field = {np.float32: "float_val", np.float64: "double_val", np.int64: "int64_val"}
-        values = np.asarray(getattr(proto, field.get(dtype.type, "int_val")), dtype=dtype)
-    expected = int(np.prod(shape)) if shape else 1
-    if values.size != expected:
-        raise ServingRequestError(f"input {name!r}: shape {shape} needs {expected} values but "
-                                  f"the tensor holds {values.size}")
+        values = np.asarray(getattr(proto, _VAL_FIELD.get(dtype.type, "int_val")), dtype=dtype)
     return values.reshape(shape)
 
 
@@ -67,6 +87,14 @@ def check_image(array: np.ndarray, name: str = INPUT_NAME) -> np.ndarray:
     if array.ndim != 4 or array.shape[-1] != 3 or min(array.shape) < 1:
         raise ServingRequestError(f"input {name!r} has shape {list(array.shape)}; expected "
                                   "[N, H, W, 3] (batch, height, width, bands B2 B3 B4)")
+    finite = np.isfinite(array)
+    if not finite.all():
+        # TF Serving would run the model and answer NaN probabilities; a deliberate difference.
+        bad = int(finite.size - np.count_nonzero(finite))
+        first = [int(i) for i in np.argwhere(~finite)[0]]
+        raise ServingRequestError(f"input {name!r} has {bad} non-finite values (NaN or Inf), the "
+                                  f"first at [n, y, x, band] = {first}; send finite reflectance "
+                                  "(mask nodata pixels before the request)")
     return array
 
 
@@ -95,6 +123,11 @@ def _numeric_array(values, what: str) -> np.ndarray:
 
 def parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
     """Parse a REST :predict body -> (images, row_format, signature_name)."""
+    with gc_paused():
+        return _parse_predict_body(body)
+
+
+def _parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
     try:
         payload = orjson.loads(body)
     except json.JSONDecodeError as error:  # orjson's error subclasses it
@@ -128,6 +161,11 @@ def predict_response_json(probability: np.ndarray, row_format: bool) -> bytes:
 
 def parse_predict_response(payload: dict) -> np.ndarray:
     """Inverse of predict_response_json for clients; accepts named outputs too."""
+    with gc_paused():
+        return _parse_predict_response(payload)
+
+
+def _parse_predict_response(payload: dict) -> np.ndarray:
     value = payload.get("outputs", payload.get("predictions"))
     if isinstance(value, dict):
         value = value[OUTPUT_NAME]

@@ -1,14 +1,24 @@
 """Loaded model versions of a TF Serving-style server, kept in step with the file system.
 
-A watcher thread polls each model's base path (and the models.config file, if any): new version
-directories are loaded, warmed up with their assets.extra/tf_serving_warmup_requests and then
-made AVAILABLE; versions the policy no longer selects are unloaded (state END).
+A watcher thread polls each model's base path (and the models.config file, if any). As TF
+Serving's AspiredVersionsManager with its AvailabilityPreservingPolicy
+(core/availability_preserving_policy.cc):
+- every integer directory the version policy selects is loaded, warmed up with its
+  assets.extra/tf_serving_warmup_requests and only then made AVAILABLE;
+- a failed load is retried up to max_num_load_retries times, load_retry_interval seconds apart
+  (state LOADING meanwhile); after the last failure the version is END with the error in its
+  status, and is not tried again;
+- versions the policy no longer selects are unloaded (END) only once a selected version is
+  AVAILABLE (or none is selected): a half-copied or corrupt new version never takes the
+  serving one down.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +26,7 @@ import numpy as np
 
 from tailseg.errors import ModelFormatError, ServingRequestError
 from tailseg.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE, existing_versions
+from tailseg.serving.limits import check_alive
 from tailseg.serving.model_config import ModelSource, read_model_config
 from tailseg.serving.protocol import check_image, from_tensor_proto
 from tailseg.serving.warmup import read_warmup_requests
@@ -68,14 +79,28 @@ class LoadedVersion:
     function: object
     keepalive: object = None
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray, deadline: float | None = None,
+                alive: Callable[[], bool] | None = None,
+                chunk_pixels: int = 4 * 2**20) -> np.ndarray:
+        """Probabilities of a checked batch, run in sub-batches of about chunk_pixels pixels.
+
+        Between sub-batches the deadline and the client are checked, so a batch whose caller
+        gave up stops early (one model call itself cannot be interrupted). Each image is
+        independent in the U-Net (inference-mode batch norm), so splitting changes nothing.
+        """
         import tensorflow as tf
 
         images = check_image(images)
-        return self.function(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+        step = max(1, chunk_pixels // (images.shape[1] * images.shape[2]))
+        outputs = []
+        for start in range(0, len(images), step):
+            check_alive(deadline, alive)
+            batch = tf.constant(images[start:start + step])
+            outputs.append(self.function(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy())
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    def predict_request(self, request) -> np.ndarray:
-        """Run a PredictRequest's inputs (the gRPC and warm-up path)."""
+    def request_images(self, request) -> np.ndarray:
+        """The checked images of a PredictRequest (the gRPC and warm-up path)."""
         names = sorted(request.inputs)
         if names != [INPUT_NAME]:
             raise ServingRequestError(f"request inputs are {names}; {SIGNATURE} takes exactly "
@@ -84,7 +109,10 @@ class LoadedVersion:
         if signature not in self.signature_defs:
             raise ServingRequestError(f"Serving signature name: {signature!r} not found in "
                                       f"signature def of {self.name} version {self.version}")
-        return self.predict(from_tensor_proto(request.inputs[INPUT_NAME]))
+        return check_image(from_tensor_proto(request.inputs[INPUT_NAME]))
+
+    def predict_request(self, request) -> np.ndarray:
+        return self.predict(self.request_images(request))
 
 
 def load_version(name: str, path: Path, require_warmup: bool = False) -> LoadedVersion:
@@ -111,7 +139,31 @@ def load_version(name: str, path: Path, require_warmup: bool = False) -> LoadedV
 @dataclass
 class VersionState:
     state: str  # LOADING, AVAILABLE, END (TF Serving's ManagerState names)
-    error: str = ""
+    error: str = ""  # set on END after the last failed load attempt
+    error_code: str = "OK"  # gRPC status name of that failure
+    attempts: int = 0
+    retry_at: float = 0.0  # time.monotonic() of the next load attempt while LOADING
+    last_error: str = ""
+
+
+def load_error_code(error: Exception) -> str:
+    """The status code name TF Serving would report for a failed load."""
+    import grpc
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    if isinstance(error, tf.errors.OpError):  # e.g. NOT_FOUND for missing variables
+        return {code.value[0]: code.name for code in grpc.StatusCode}.get(error.error_code,
+                                                                           "UNKNOWN")
+    if isinstance(error, ServingRequestError):
+        return error.code
+    if isinstance(error, FileNotFoundError):  # no saved_model.pb (yet)
+        return "NOT_FOUND"
+    if isinstance(error, DecodeError):  # truncated or corrupt saved_model.pb
+        return "DATA_LOSS"
+    if isinstance(error, ValueError):  # ModelFormatError: signature or warm-up contract
+        return "INVALID_ARGUMENT"
+    return "INTERNAL"
 
 
 @dataclass
@@ -120,6 +172,10 @@ class ModelRegistry:
 
     sources: list[ModelSource]
     config_file: Path | None = None
+    max_num_load_retries: int = 5  # TF Serving's default
+    load_retry_interval: float = 60.0  # seconds; TF Serving's default is 1 minute
+    poll_config: bool = True  # re-read config_file when it changes
+    on_load_attempt: Callable[[str, str], None] = lambda path, status: None
     loaded: dict[str, dict[int, LoadedVersion]] = field(default_factory=dict)
     states: dict[str, dict[int, VersionState]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -127,7 +183,9 @@ class ModelRegistry:
 
     def refresh(self) -> None:
         """One poll: re-read the config if it changed, load new versions, unload dropped ones."""
-        if self.config_file is not None and self.config_file.stat().st_mtime != self._config_mtime:
+        first = not self._config_mtime
+        if self.config_file is not None and (first or self.poll_config) and \
+                self.config_file.stat().st_mtime != self._config_mtime:
             self._config_mtime = self.config_file.stat().st_mtime
             self.sources = read_model_config(self.config_file)
         for source in self.sources:
@@ -137,28 +195,55 @@ class ModelRegistry:
                 self._unload(name, list(self.loaded[name]))
 
     def _refresh_model(self, source: ModelSource) -> None:
-        on_disk = [v for v in existing_versions(source.base_path)
-                   if (source.base_path / str(v) / "saved_model.pb").is_file()]
-        wanted = source.select(on_disk)
+        # Like TF Serving's file-system source: every integer directory is a version, complete
+        # or not; an incomplete one fails to load and is retried.
+        wanted = source.select(existing_versions(source.base_path))
         states = self.states.setdefault(source.name, {})
         for version in wanted:
-            if version in states and states[version].state != "END":
-                continue
-            if version in states and states[version].error:
-                continue  # failed before; a new version number is needed
-            states[version] = VersionState("LOADING")
-            try:
-                loaded = load_version(source.name, source.base_path / str(version))
-            except Exception as error:  # any load failure marks the version, the server goes on
-                logger.error("model %s version %s failed to load: %s", source.name, version, error)
-                states[version] = VersionState("END", f"{type(error).__name__}: {error}")
-                continue
-            with self._lock:
-                self.loaded.setdefault(source.name, {})[version] = loaded
-                states[version] = VersionState("AVAILABLE")
-            logger.info("model %s version %s AVAILABLE", source.name, version)
+            state = states.get(version)
+            if state is None or state.state == "END" and not state.error:  # new or re-aspired
+                self._attempt_load(source, version, 1)
+            elif state.state == "LOADING" and time.monotonic() >= state.retry_at:
+                self._attempt_load(source, version, state.attempts + 1)
+        for version, state in list(states.items()):
+            if version not in wanted and state.state == "LOADING":  # gone while being retried
+                states[version] = VersionState("END", state.last_error or "no longer aspired",
+                                               "CANCELLED", state.attempts)
         with self._lock:
-            self._unload(source.name, set(self.loaded.get(source.name, {})) - set(wanted))
+            loaded = self.loaded.get(source.name, {})
+            unwanted = sorted(set(loaded) - set(wanted))
+            if wanted and not set(wanted) & set(loaded):
+                # AvailabilityPreservingPolicy: keep the newest serving version until a
+                # selected one is AVAILABLE.
+                unwanted = unwanted[:-1]
+            self._unload(source.name, unwanted)
+
+    def _attempt_load(self, source: ModelSource, version: int, attempt: int) -> None:
+        states = self.states[source.name]
+        path = source.base_path / str(version)
+        states[version] = VersionState("LOADING", attempts=attempt)
+        try:
+            loaded = load_version(source.name, path)
+        except Exception as error:  # any load failure marks the version, the server goes on
+            self.on_load_attempt(str(path), "fail")
+            message = f"{type(error).__name__}: {error}"
+            if attempt > self.max_num_load_retries:
+                logger.error("model %s version %s failed to load after %d attempts: %s",
+                             source.name, version, attempt, message)
+                states[version] = VersionState("END", message, load_error_code(error), attempt)
+            else:
+                logger.warning("model %s version %s failed to load (attempt %d of %d), retrying "
+                               "in %g s: %s", source.name, version, attempt,
+                               self.max_num_load_retries + 1, self.load_retry_interval, message)
+                states[version] = VersionState(
+                    "LOADING", attempts=attempt, last_error=message,
+                    retry_at=time.monotonic() + self.load_retry_interval)
+            return
+        self.on_load_attempt(str(path), "success")
+        with self._lock:
+            self.loaded.setdefault(source.name, {})[version] = loaded
+            states[version] = VersionState("AVAILABLE", attempts=attempt)
+        logger.info("model %s version %s AVAILABLE", source.name, version)
 
     def _unload(self, name: str, versions) -> None:
         for version in versions:

@@ -1,11 +1,18 @@
-"""TF Serving's REST API over the standard library's ThreadingHTTPServer.
+"""TF Serving's REST API over the standard library's ThreadingHTTPServer, with limits.
 
 GET  /v1/models/NAME[/versions/V | /labels/L]            model status
 GET  /v1/models/NAME[/versions/V | /labels/L]/metadata   signature metadata
 POST /v1/models/NAME[/versions/V | /labels/L]:predict    {"instances": ...} or {"inputs": ...}
 GET  /readyz                                             200 when every model has a version
-Errors answer {"error": "..."} with TF Serving's status codes (400, 404, ...), plus 405, 411
-and 413 (body over the size limit).
+GET  <prometheus path>                                   metrics, when monitoring is enabled
+Every answer, errors included and whatever the method or path, is JSON {"error": "..."} with TF
+Serving's status codes (400, 404, 429, 504, ...), plus 405, 408, 411, 413 and 503 (connection
+cap). Query strings are ignored, as TF Serving routes on the URI path only.
+
+Limits: one thread per connection, at most max_connections at once (more are answered 503 and
+closed); every socket read times out after the REST timeout (--rest_api_timeout_in_ms), which
+also bounds the whole request; a body whose declared Content-Length exceeds the limit is refused
+before any of it is read, then the connection is closed after a short, bounded drain.
 """
 
 from __future__ import annotations
@@ -13,27 +20,41 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from tailseg.errors import ServingRequestError
-from tailseg.serving.grpc_api import metadata_response, status_response
+from tailseg.serving.grpc_api import ServingRuntime, metadata_response, status_response
 from tailseg.serving.protocol import HTTP_STATUS, parse_predict_body, predict_response_json
-from tailseg.serving.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                    r"(?P<suffix>/metadata|:predict|:classify|:regress)?$")
-DRAIN_FACTOR = 4  # oversize bodies up to this multiple of the limit are read and discarded
+SMALL_BODY = 64 * 2**10  # unread bodies up to this size are drained to keep the connection
+LINGER_SECONDS = 2.0  # after refusing a body, discard what the client still sends this long
+DECODE_SLOTS = 2  # JSON bodies decoded at once (a 64 MiB body becomes ~600 MB of objects)
+
+
+@dataclass(frozen=True)
+class RestLimits:
+    max_request_bytes: int = 64 * 2**20
+    timeout: float = 30.0  # seconds: each socket read, and the whole request
+    max_connections: int = 64
+    metrics_path: str | None = None  # None: monitoring disabled
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, close: bool = False):
         super().__init__(message)
-        self.status = status
+        self.status, self.close = status, close
 
 
 def _json(message) -> dict:
@@ -41,15 +62,73 @@ def _json(message) -> dict:
                                      always_print_fields_with_no_presence=True)
 
 
-def make_handler(registry: ModelRegistry, max_request_bytes: int):
-    """A request handler class bound to a registry and a body size limit."""
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a cap on simultaneous connections (one thread each)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self.max_connections, self.active = max_connections, 0
+        self._count_lock = threading.Lock()
+
+    def process_request(self, request, client_address):
+        with self._count_lock:
+            full = self.active >= self.max_connections
+            if not full:
+                self.active += 1
+        if full:
+            self._refuse(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self.active -= 1
+
+    def _refuse(self, request: socket.socket) -> None:
+        body = json.dumps({"error": f"server busy: {self.max_connections} connections open "
+                                    "(--rest_api_num_threads); retry later"}).encode()
+        try:
+            request.settimeout(0.2)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+                            b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(body), body))
+            request.shutdown(socket.SHUT_WR)
+            request.recv(2**16)  # what the client sent: closing with it unread would reset
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+
+def make_handler(runtime: ServingRuntime, limits: RestLimits):
+    """A request handler class bound to the runtime and the limits."""
+    registry = runtime.registry
+    decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive for clients that reuse connections
         server_version = "tailseg-serve"
+        timeout = limits.timeout  # socket timeout: a stalled client is dropped after this
 
         def log_message(self, format, *args):  # noqa: A002 (the base class's name)
             logger.debug("%s %s", self.address_string(), format % args)
+
+        def send_error(self, code, message=None, explain=None):
+            """The base class's errors (bad request line, unknown method...) as JSON too."""
+            self.close_connection = True
+            self._answer(code, {"error": message or explain or self.responses.get(
+                code, ("error",))[0]})
+
+        def handle_expect_100(self):
+            # Refuse an oversize body before the client sends it (curl sends Expect: 100).
+            if self._content_length() > limits.max_request_bytes:
+                self.send_error(413, self._too_large_message())
+                return False
+            return super().handle_expect_100()
 
         def do_GET(self):
             self._dispatch("GET")
@@ -57,38 +136,72 @@ def make_handler(registry: ModelRegistry, max_request_bytes: int):
         def do_POST(self):
             self._dispatch("POST")
 
+        def do_PUT(self):
+            self._dispatch("PUT")
+
+        def do_DELETE(self):
+            self._dispatch("DELETE")
+
+        def do_PATCH(self):
+            self._dispatch("PATCH")
+
+        def do_OPTIONS(self):
+            self._dispatch("OPTIONS")
+
         def _dispatch(self, method: str) -> None:
+            started, deadline = time.perf_counter(), time.monotonic() + limits.timeout
+            path = urlsplit(self.path).path  # TF Serving ignores the query string
+            self._body_read, self._linger = False, False
             try:
-                status, payload = 200, self._route(method)
+                status, code, payload = 200, "OK", self._route(method, path, deadline)
             except ServingRequestError as error:
-                status, payload = HTTP_STATUS.get(error.code, 400), {"error": str(error)}
+                status, code = HTTP_STATUS.get(error.code, 400), error.code
+                payload = {"error": str(error)}
             except HttpError as error:
                 status, payload = error.status, {"error": str(error)}
+                code = {501: "UNIMPLEMENTED", 503: "UNAVAILABLE"}.get(status, "INVALID_ARGUMENT")
+                self._linger |= error.close
             except Exception as error:  # answer 500 and keep serving
                 logger.exception("REST request failed")
-                status, payload = 500, {"error": f"{type(error).__name__}: {error}"}
+                status, code = 500, "INTERNAL"
+                payload = {"error": f"{type(error).__name__}: {error}"}
+            if match := ROUTE.match(path):  # model requests only: probes and scrapes are not
+                entrypoint = (match["suffix"] or "GetModelStatus").strip(":/")
+                runtime.record(match["name"], "rest", entrypoint, code, started)
+            if not self._body_read:
+                self._skip_body()
+            self._answer(status, payload)
+            if self._linger:
+                self._lingering_close()
+
+        def _answer(self, status: int, payload, content_type: str = "application/json"):
+            if isinstance(payload, tuple):
+                payload, content_type = payload
             body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
-        def _route(self, method: str):
-            if self.path == "/readyz" and method == "GET":
+        def _route(self, method: str, path: str, deadline: float):
+            if path == "/readyz" and method == "GET":
                 if not registry.ready():
                     raise HttpError(503, "not ready: no version loaded yet")
                 return {"ready": True}
-            match = ROUTE.match(self.path)
+            if limits.metrics_path and path == limits.metrics_path and method == "GET":
+                return runtime.metrics.exposition()
+            match = ROUTE.match(path)
             if match is None:
-                self._discard_body()
-                raise HttpError(404, f"Malformed request: {method} {self.path}")
+                raise HttpError(404, f"Malformed request: {method} {path}")
             name, suffix, label = match["name"], match["suffix"], match["label"]
             version = int(match["version"]) if match["version"] else None
             if suffix in (None, "/metadata") and method != "GET" or \
                     suffix == ":predict" and method != "POST":
-                self._discard_body()
-                raise HttpError(405, f"{method} is not allowed on {self.path}")
+                raise HttpError(405, f"{method} is not allowed on {path}")
             match suffix:
                 case None:
                     return _json(status_response(registry, name, version, label))
@@ -99,13 +212,16 @@ def make_handler(registry: ModelRegistry, max_request_bytes: int):
                     return {"model_spec": _json(response.model_spec),
                             "metadata": {"signature_def": _json(signatures)}}
                 case ":predict":
-                    images, row_format, signature = parse_predict_body(self._read_body())
                     loaded = registry.resolve(name, version, label)
+                    body = self._read_body(deadline)
+                    with decode_slots:
+                        images, row_format, signature = parse_predict_body(body)
+                    del body
                     if signature not in (None, "", *loaded.signature_defs):
                         raise ServingRequestError(f"Serving signature name: {signature!r} not "
                                                   "found in signature def")
-                    return predict_response_json(loaded.predict(images), row_format)
-            self._discard_body()
+                    return predict_response_json(runtime.predict(loaded, images, deadline),
+                                                 row_format)
             raise HttpError(501, f"{suffix[1:]} is not implemented; this model serves :predict")
 
         def _content_length(self) -> int:
@@ -114,29 +230,62 @@ def make_handler(registry: ModelRegistry, max_request_bytes: int):
             except ValueError:
                 return -1
 
-        def _discard_body(self) -> None:
-            length = self._content_length()
-            if 0 < length <= DRAIN_FACTOR * max_request_bytes:
-                self.rfile.read(length)
-            elif length != 0 and self.command == "POST":
-                self.close_connection = True
+        def _too_large_message(self) -> str:
+            return (f"request body of {self._content_length()} bytes exceeds the limit of "
+                    f"{limits.max_request_bytes} bytes (--max_request_bytes)")
 
-        def _read_body(self) -> bytes:
+        def _skip_body(self) -> None:
+            """Keep the connection usable after an unread body, or close it if that is big."""
+            length = self._content_length()
+            if 0 < length <= SMALL_BODY:
+                try:
+                    self.rfile.read(length)
+                except OSError:
+                    self.close_connection = True
+            elif length != 0 and (length > 0 or "Transfer-Encoding" in self.headers or
+                                  self.command in ("POST", "PUT", "PATCH")):
+                self.close_connection, self._linger = True, True
+
+        def _read_body(self, deadline: float) -> bytes:
             length = self._content_length()
             if length < 0:
-                self.close_connection = True
-                raise HttpError(411, "a Content-Length header is required")
-            if length > max_request_bytes:
-                self._discard_body()
-                raise HttpError(413, f"request body of {length} bytes exceeds the limit of "
-                                     f"{max_request_bytes} bytes (--max-request-bytes)")
-            return self.rfile.read(length)
+                raise HttpError(411, "a Content-Length header is required", close=True)
+            if length > limits.max_request_bytes:
+                raise HttpError(413, self._too_large_message(), close=True)
+            self._body_read = True
+            body, remaining = bytearray(), length
+            try:
+                while remaining:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    chunk = self.rfile.read(min(remaining, 2**20))
+                    if not chunk:
+                        raise HttpError(400, f"body ended after {len(body)} of {length} bytes",
+                                        close=True)
+                    body += chunk
+                    remaining -= len(chunk)
+            except TimeoutError as error:
+                raise HttpError(408, f"request body not received within {limits.timeout:g} s "
+                                     "(--rest_api_timeout_in_ms)", close=True) from error
+            return bytes(body)
+
+        def _lingering_close(self) -> None:
+            """Stop writing, discard what the client still sends for a moment, then close: the
+            client reads our answer instead of a connection reset. Memory stays bounded."""
+            self.close_connection = True
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)
+                self.connection.settimeout(0.5)
+                until = time.monotonic() + LINGER_SECONDS
+                while time.monotonic() < until and self.connection.recv(2**16):
+                    pass
+            except OSError:
+                pass
 
     return Handler
 
 
-def make_rest_server(registry: ModelRegistry, host: str, port: int,
-                     max_request_bytes: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(registry, max_request_bytes))
-    server.daemon_threads = True
-    return server
+def make_rest_server(runtime: ServingRuntime, host: str, port: int,
+                     limits: RestLimits) -> BoundedHTTPServer:
+    return BoundedHTTPServer((host, port), make_handler(runtime, limits), limits.max_connections)

@@ -1,0 +1,164 @@
+"""TensorFlow's CPU allocator, default against BFC (TF_CPU_ALLOCATOR_USE_BFC=true), measured in
+fresh processes in the same run, alternating the two settings:
+
+- training: 5 steps (after one warm-up step) of the default U-Net (RunConfig(): base_filters
+  16, depth 4, batch 8, 256 x 256 crops): ms per step, minor page faults per step and system
+  CPU seconds, from resource.getrusage in the training process;
+- prediction: `tailseg predict` on a 2048 x 2048 scene (the CPU default model, exported as in
+  bench_predict.py): wall and prediction seconds, minor page faults of the whole process.
+
+    .venv/bin/python benchmarks/bench_allocator.py [--repeats 2] [--steps 5] [--size 2048]
+
+Writes benchmarks/results/allocator.json with medians, ratios (bfc / default), the CPU model
+and flags and the load average before and after (other work on the machine shows there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import write_result  # noqa: E402
+
+SETTINGS = {"default": "false", "bfc": "true"}  # the value of TF_CPU_ALLOCATOR_USE_BFC
+CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "fma", "amx_tile")
+
+
+def cpu() -> dict:
+    """The CPU model and the vector-instruction flags that decide TensorFlow's kernels."""
+    text = Path("/proc/cpuinfo").read_text()
+    field = {line.split(":")[0].strip(): line.split(":", 1)[1].strip()
+             for line in text.splitlines() if ":" in line}
+    flags = set(field.get("flags", "").split())
+    return {"model": field.get("model name", "unknown"), "cores": os.cpu_count(),
+            "flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+
+def usage() -> tuple[float, int, float]:
+    rusage = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), rusage.ru_minflt, rusage.ru_stime
+
+
+def train_child(steps: int) -> None:
+    """Time `steps` training steps in this process; print one JSON line."""
+    import numpy as np
+
+    from tailseg.config import RunConfig
+    from tailseg.model import build_unet
+    from tailseg.train import compile_model
+
+    config = RunConfig()
+    model = build_unet(config.model, np.full(3, 0.1), np.full(3, 0.05))
+    compile_model(model, config.training)
+    size, batch = config.training.crop_size, config.training.batch_size
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.02, 0.4, (batch, size, size, 3)).astype(np.float32)
+    y = (rng.uniform(size=(batch, size, size, 1)) > 0.97).astype(np.float32)
+    model.train_on_batch(x, y)  # tracing and warm-up
+    per_step = []
+    for _ in range(steps):
+        before = usage()
+        model.train_on_batch(x, y)
+        after = usage()
+        per_step.append({"ms": (after[0] - before[0]) * 1e3, "minor_faults": after[1] - before[1],
+                         "system_seconds": after[2] - before[2]})
+    print(json.dumps({"allocator_env": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
+                      "steps": per_step}))
+
+
+def run_training(setting: str, steps: int) -> dict:
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": SETTINGS[setting],
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, __file__, "--train-child", str(steps)], env=env,
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    steps_ = result["steps"]
+    return {"ms_per_step": statistics.median(s["ms"] for s in steps_),
+            "minor_faults_per_step": statistics.median(s["minor_faults"] for s in steps_),
+            "system_seconds": sum(s["system_seconds"] for s in steps_),
+            "allocator_env": result["allocator_env"]}
+
+
+def run_prediction(setting: str, scene: Path, model: str, out: Path) -> dict:
+    """`tailseg predict` in a child process; its rusage from os.wait4."""
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": SETTINGS[setting]}
+    command = [sys.executable, "-m", "tailseg.cli", "--quiet", "predict", str(scene),
+               "--model", model, "--out", str(out), "--convention", "dn", "--overwrite",
+               "--no-progress"]
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as stdout:
+        process = subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.DEVNULL)
+        _, status, rusage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        if status != 0:
+            raise RuntimeError(f"{' '.join(command)} exited with status {status}")
+        stdout.seek(0)
+        result = json.loads(stdout.read())
+    return {"wall_seconds": wall, "predict_seconds": result["seconds"],
+            "minor_faults": rusage.ru_minflt, "system_seconds": rusage.ru_stime,
+            "user_seconds": rusage.ru_utime}
+
+
+def medians(samples: list[dict]) -> dict:
+    keys = [key for key, value in samples[0].items() if isinstance(value, int | float)]
+    return {key: round(statistics.median(s[key] for s in samples), 3) for key in keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2, help="Processes per setting and task")
+    parser.add_argument("--steps", type=int, default=5, help="Timed training steps per process")
+    parser.add_argument("--size", type=int, default=2048, help="Side of the predicted scene")
+    parser.add_argument("--train-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.train_child:
+        train_child(args.train_child)
+        return
+    from benchmarks.bench_predict import export_cpu_model, write_scene
+
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="bench-allocator-"))
+    export, _ = export_cpu_model(work / "exports")
+    scene = write_scene(work / "scene.tif", args.size)
+    samples: dict[str, dict[str, list]] = {s: {"training": [], "prediction": []}
+                                           for s in SETTINGS}
+    for repeat in range(args.repeats):
+        # Alternate the settings (and their order), so drift in the machine's load hits both.
+        order = list(SETTINGS) if repeat % 2 == 0 else list(reversed(SETTINGS))
+        for setting in order:
+            samples[setting]["training"].append(run_training(setting, args.steps))
+            samples[setting]["prediction"].append(
+                run_prediction(setting, scene, export["saved_model"], work / setting))
+            print(setting, json.dumps(samples[setting]["training"][-1]),
+                  json.dumps(samples[setting]["prediction"][-1]), file=sys.stderr, flush=True)
+    summary = {setting: {task: medians(runs) for task, runs in tasks.items()}
+               for setting, tasks in samples.items()}
+    ratios = {task: {key: round(summary["bfc"][task][key] / summary["default"][task][key], 3)
+                     for key in summary["bfc"][task] if summary["default"][task][key]}
+              for task in ("training", "prediction")}
+    write_result("allocator", {
+        "cpu": cpu(), "tensorflow_flags": "pip tensorflow==2.21.0 (oneDNN on)",
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "settings": {name: f"TF_CPU_ALLOCATOR_USE_BFC={value}" for name, value in
+                     SETTINGS.items()},
+        "training_setup": f"RunConfig() U-Net, batch 8, 256 x 256, {args.steps} steps after "
+                          "one warm-up step, per process",
+        "prediction_setup": f"tailseg predict, {args.size} x {args.size} uint16 scene, CPU "
+                            "default model, tf backend, whole process",
+        "repeats": args.repeats, "medians": summary, "ratios_bfc_over_default": ratios,
+        "samples": samples})
+
+
+if __name__ == "__main__":
+    main()

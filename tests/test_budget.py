@@ -1,0 +1,197 @@
+"""The time budget shapes the schedule: the epoch planner on hand-made timings, and tiny real
+training runs whose cosine decay ends at the last epoch run, or that say they were cut."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from tailseg import budget
+from tailseg.budget import PlannedCosineDecay, plan_epochs
+from tailseg.config import ModelConfig, TrainConfig
+from tailseg.dataset import load_chips, require_pairs
+from tailseg.train import train_model
+from tests.rasters import make_dataset
+
+# --- the planner -----------------------------------------------------------------------------
+
+
+def test_first_epoch_plans_from_its_own_time():
+    # 300 s budget, 95 % usable = 285 s; 30 s spent; 255 s left fit 8 more 30 s epochs.
+    plan = plan_epochs([30.0], budget_seconds=300, max_epochs=60)
+    assert plan.planned_epochs == 9
+    assert plan.seconds_per_epoch == 30.0 and plan.budget_limited
+
+
+def test_second_epoch_replans_from_the_steady_time_and_may_grow():
+    # The first epoch (tracing) is left out of the estimate: 10 s per epoch,
+    # 285 - 40 = 245 s left fit 24 more.
+    plan = plan_epochs([30.0, 10.0], 300, 60, current_plan=9)
+    assert plan.planned_epochs == 26 and plan.seconds_per_epoch == 10.0
+
+
+def test_after_calibration_the_plan_never_grows():
+    # Faster epochs would fit 39, but the decay already follows 26: growing would raise the lr.
+    plan = plan_epochs([30.0, 10.0, 5.0, 5.0], 300, 60, current_plan=26)
+    assert plan.planned_epochs == 26
+
+
+def test_a_slower_machine_shrinks_the_plan():
+    # Mean of the last three steady epochs = 50/3 s; 285 - 80 = 205 s left fit 12 more.
+    plan = plan_epochs([30.0, 10.0, 20.0, 20.0], 300, 60, current_plan=26)
+    assert plan.planned_epochs == 16
+
+
+def test_max_epochs_caps_the_plan_and_is_not_budget_limited():
+    plan = plan_epochs([2.0, 1.0], 3600, 60)
+    assert plan.planned_epochs == 60 and not plan.budget_limited
+
+
+def test_the_plan_never_falls_below_the_epochs_already_run():
+    assert plan_epochs([100.0, 100.0, 100.0], 200, 60, current_plan=10).planned_epochs == 3
+
+
+def test_a_slow_first_epoch_still_plans_a_second_to_measure_the_steady_time():
+    # The first epoch (tracing) alone eats the budget's usable share; epoch 2 is still planned.
+    assert plan_epochs([9.0], 9.0, 60).planned_epochs == 2
+    assert plan_epochs([9.0], 9.0, 1).planned_epochs == 1
+
+
+@pytest.mark.parametrize("args", [([], 100, 10), ([1.0], 0, 10), ([1.0], 100, 0)])
+def test_planner_rejects_nonsense(args):
+    with pytest.raises(ValueError):
+        plan_epochs(*args)
+
+
+def test_planned_cosine_decay_ends_at_alpha_and_follows_a_changed_length():
+    schedule = PlannedCosineDecay(1.0, decay_steps=100, alpha=0.05)
+    assert float(schedule(0)) == pytest.approx(1.0)
+    assert float(schedule(50)) == pytest.approx(0.525)  # half-way: (1 + alpha) / 2
+    assert float(schedule(100)) == pytest.approx(0.05)
+    schedule.decay_steps.assign(50.0)
+    assert float(schedule(50)) == pytest.approx(0.05) and schedule.progress(50) == 1.0
+    restored = PlannedCosineDecay.from_config(schedule.get_config())
+    assert float(restored(25)) == pytest.approx(0.525)
+
+
+# --- real (tiny) training runs ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_chips(tmp_path_factory):
+    root = make_dataset(tmp_path_factory.mktemp("budget"), n_chips=4, size=32, seed=3)
+    chips, _ = load_chips(require_pairs(root))
+    return chips
+
+
+def _config(**overrides) -> TrainConfig:
+    values = {"epochs": 400, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 32,
+              "learning_rate": 1e-2, "verbose": 0, "early_stopping_patience": 400}
+    return TrainConfig(**(values | overrides))
+
+
+TINY = ModelConfig(base_filters=2, depth=2, dropout=0)
+
+
+class _SimulatedTime(keras.callbacks.Callback):
+    """Real training, simulated epoch durations: each epoch takes `seconds` on the budget's
+    clock (plus `stall` extra in epoch `stall_epoch`), whatever the load of the test machine."""
+
+    def __init__(self, seconds: float, stall_epoch: int = -1, stall: float = 0.0) -> None:
+        super().__init__()
+        self.now, self.seconds, self.stall_epoch, self.stall = 1000.0, seconds, stall_epoch, stall
+        self.learning_rates: list[float] = []  # at the start of each epoch
+
+    def clock(self) -> float:
+        return self.now
+
+    def on_epoch_begin(self, epoch, logs=None):  # runs after BudgetSchedule's epoch start
+        self.now += self.seconds + (self.stall if epoch == self.stall_epoch else 0.0)
+        self.learning_rates.append(float(self.model.optimizer.learning_rate))
+
+
+def _train(chips, config, simulated: _SimulatedTime, monkeypatch):
+    monkeypatch.setattr(budget, "clock", simulated.clock)
+    return train_model(chips[:3], chips[3:], TINY, config, extra_callbacks=[simulated])
+
+
+def test_a_small_budget_plans_fewer_epochs_and_completes_the_decay(tiny_chips, monkeypatch):
+    # 1 min budget, 57 s usable, 10 s epochs: 5 epochs planned after epoch 1 and again after 2.
+    result = _train(tiny_chips, _config(max_minutes=1), _SimulatedTime(10.0), monkeypatch)
+    info = result.info
+    assert info["budget_limited"] and info["planned_epochs"] == 5
+    assert info["epochs_run"] == 5 == len(result.history["loss"])
+    assert info["stop_reason"] == "completed" and info["schedule_completed"]
+    # The learning rate at the last step run is the end of the schedule: alpha * lr.
+    assert info["schedule_progress"] == 1.0
+    assert info["final_learning_rate"] == pytest.approx(0.05 * 1e-2, rel=1e-4)
+    assert info["seconds_per_epoch"] == pytest.approx(10.0)
+
+
+def test_a_faster_second_epoch_stretches_the_plan(tiny_chips, monkeypatch):
+    # Epoch 1 takes 30 s (tracing), the rest 5 s: planned 2 after epoch 1 (minimum), then
+    # 2 + floor((57 - 35) / 5) = 6 after epoch 2; the decay is stretched to end at epoch 6.
+    simulated = _SimulatedTime(5.0, stall_epoch=0, stall=25.0)
+    info = _train(tiny_chips, _config(max_minutes=1), simulated, monkeypatch).info
+    assert (info["planned_epochs"], info["epochs_run"]) == (6, 6)
+    assert info["schedule_completed"] and info["schedule_progress"] == 1.0
+    # The first two epochs follow the 400-epoch decay, so stretching the plan from 2 to 6
+    # never raises the learning rate.
+    rates = simulated.learning_rates + [info["final_learning_rate"]]
+    assert all(b <= a for a, b in zip(rates, rates[1:], strict=False)), rates
+    assert rates[2] == pytest.approx(1e-2 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 2 / 6))),
+                                     rel=1e-4)
+
+
+def test_without_a_budget_the_configured_epochs_are_the_plan(tiny_chips):
+    result = train_model(tiny_chips[:3], tiny_chips[3:], TINY, _config(epochs=3))
+    info = result.info
+    assert (info["planned_epochs"], info["epochs_run"], info["stop_reason"]) == (3, 3,
+                                                                                 "completed")
+    assert info["schedule_completed"] and not info["budget_limited"]
+    assert info["final_learning_rate"] == pytest.approx(0.05 * 1e-2, rel=1e-4)
+
+
+def test_a_run_cut_by_the_budget_says_so(tiny_chips, monkeypatch, caplog):
+    # 5 epochs planned; epoch 3 stalls for a minute, so the budget runs out with the decay
+    # still planned for 5 epochs.
+    simulated = _SimulatedTime(10.0, stall_epoch=2, stall=60.0)
+    with caplog.at_level(logging.WARNING, logger="tailseg.budget"):
+        result = _train(tiny_chips, _config(max_minutes=1), simulated, monkeypatch)
+    info = result.info
+    assert (info["epochs_run"], info["planned_epochs"]) == (3, 5)
+    assert info["stop_reason"] == "time_budget" and not info["schedule_completed"]
+    assert info["schedule_progress"] == pytest.approx(3 / 5)
+    assert info["final_learning_rate"] > 0.05 * 1e-2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("reached after epoch 3 of 5 planned" in m and "decay completed" in m
+               for m in warnings), warnings
+
+
+def test_model_card_states_planned_and_run_epochs_and_a_cut():
+    from tailseg.model_card import render_model_card
+
+    metrics = {"iou": 0.4, "f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9}
+    common = {"best_epoch": 7, "seconds": 1200.0, "seconds_per_epoch": 150.0, "max_epochs": 60}
+
+    def card(**training):
+        return render_model_card("tailseg", 1, {}, {"test": []}, metrics, 0.5,
+                                 common | training, {"blessed": True, "reasons": []})
+
+    shaped = card(planned_epochs=8, epochs_run=8, budget_minutes=21, stop_reason="completed")
+    assert ("Epochs run: 8, planned 8 of at most 60 to fit a 21-minute budget; the "
+            "learning-rate schedule completed") in shaped
+    cut = card(planned_epochs=8, epochs_run=5, budget_minutes=21, stop_reason="time_budget")
+    assert "Epochs run: 5, planned 8" in cut and "**cut by the time budget" in cut
+
+
+def test_run_report_warns_when_the_budget_cut_the_schedule():
+    from tailseg.cli import _run_report
+
+    training = {"epochs_run": 5, "planned_epochs": 8, "best_epoch": 4}
+    cut = _run_report({"run": "r", "status": "completed",
+                       "training": training | {"stop_reason": "time_budget"}})
+    assert "5 of 8 planned epochs" in cut and "WARNING: training was cut by the time budget" in cut
+    done = _run_report({"run": "r", "status": "completed",
+                        "training": training | {"epochs_run": 8, "stop_reason": "completed"}})
+    assert "WARNING" not in done

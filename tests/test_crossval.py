@@ -1,0 +1,82 @@
+"""K-fold cross-validation: fold assignment rules, and a tiny real run through `tailseg cv`."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import yaml
+
+from tailseg.cli import main
+from tailseg.crossval import assign_folds, fold_split
+from tests.rasters import make_dataset
+
+IDS = [f"chip_{i:03d}" for i in range(99)]
+
+
+def test_folds_are_balanced_and_cover_every_chip_once():
+    folds = assign_folds(IDS, 5, seed=42)
+    assert sorted(folds) == IDS
+    assert sorted(Counter(folds.values()).values()) == [19, 20, 20, 20, 20]
+
+
+def test_fold_assignment_depends_on_the_seed_not_the_input_order():
+    assert assign_folds(IDS[::-1], 5, seed=42) == assign_folds(IDS, 5, seed=42)
+    assert assign_folds(IDS, 5, seed=7) != assign_folds(IDS, 5, seed=42)
+
+
+def test_each_round_tests_one_fold_and_validates_on_a_share_of_the_rest():
+    folds = assign_folds(IDS, 5, seed=42)
+    tested = []
+    for fold in range(5):
+        split = fold_split(folds, fold, val_fraction=0.15, seed=42)
+        parts = [set(split[p]) for p in ("train", "val", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert set().union(*parts) == set(IDS)
+        assert all(folds[c] == fold for c in split["test"])
+        assert len(split["val"]) == round((99 - len(split["test"])) * 0.15)
+        tested += split["test"]
+    assert sorted(tested) == IDS  # every chip is tested exactly once
+
+
+@pytest.mark.parametrize("n_chips,folds", [(10, 1), (8, 3)])
+def test_too_few_chips_or_folds_are_refused(n_chips, folds):
+    with pytest.raises(ValueError):
+        assign_folds(IDS[:n_chips], folds, seed=0)
+
+
+def test_cv_command_reports_folds_mean_std_and_pooled_iou(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n_chips=6, size=32, seed=4)
+    config = {"data": {"data_dir": str(data)},
+              "model": {"base_filters": 2, "depth": 2, "dropout": 0.0},
+              "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 32,
+                           "verbose": 0},
+              "evaluation": {"sweep": [0.3, 0.5, 0.7]}}
+    path = tmp_path / "zenml.yaml"
+    path.write_text(yaml.safe_dump({"parameters": {"config": config}}))
+    out = tmp_path / "cv.json"
+    assert main(["cv", "--config", str(path), "--folds", "2", "--json", str(out),
+                 "--epochs", "2", "--tta"]) == 0
+    report = json.loads(out.read_text())
+    assert report["folds"] == 2 and report["n_chips"] == 6 and len(report["per_fold"]) == 2
+    assert report["tta"] is True
+    assert sorted(c for f in report["per_fold"] for c in f["test"]) == [
+        f"chip_{i:03d}" for i in range(6)]
+    assert all(f["training"]["epochs_run"] == 2 for f in report["per_fold"])
+    ious = [f["iou"] for f in report["per_fold"]]
+    assert report["mean"]["iou"] == pytest.approx(np.mean(ious))
+    assert report["std"]["iou"] == pytest.approx(np.std(ious, ddof=1))
+    # Pooled IoU: pixel counts of both folds' test chips summed, not a mean of fold IoUs.
+    counts = {k: sum(f["counts"][k] for f in report["per_fold"]) for k in ("tp", "fp", "fn")}
+    assert report["pooled"]["iou"] == pytest.approx(
+        counts["tp"] / max(1, counts["tp"] + counts["fp"] + counts["fn"]))
+    assert report["sites_pooled"]["sites_labelled"] == 6  # one rectangle per synthetic chip
+    assert "2-fold cross-validation over 6 chips" in capsys.readouterr().err
+
+
+def test_cv_command_names_the_problem_when_folds_are_too_many(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n_chips=4, size=32, seed=4)
+    path = tmp_path / "zenml.yaml"
+    path.write_text(yaml.safe_dump({"parameters": {"config": {"data": {"data_dir": str(data)}}}}))
+    assert main(["cv", "--config", str(path), "--folds", "3"]) == 2
+    assert "too few for 3 folds" in capsys.readouterr().err

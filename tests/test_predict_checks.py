@@ -1,0 +1,254 @@
+"""Whole-scene prediction refuses nonsense (issue 14): radiometry, band order, CRS, output
+folders, all-nodata scenes and provenance, on scenes built here, with a real exported model.
+
+The model is test_predict's 1x1 convolution: probability = sigmoid(100 * (B4 - 0.15)), so a
+wrong band order or reflectance convention changes the mask in a known way.
+"""
+
+import json
+import logging
+import os
+import stat
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.transform import from_origin
+
+import tailseg
+
+from tailseg.cli import main
+from tailseg.config import PredictConfig
+from tailseg.errors import (
+    BandOrderError,
+    CRSMissingError,
+    OutputWriteError,
+    ReflectanceConventionError,
+)
+from tailseg.geopackage import read_geometry
+from tailseg.predict import predict_scene
+from tests.rasters import write_image
+from tests.test_predict import red_model  # noqa: F401  (a module-scoped fixture)
+
+UTM = "EPSG:32723"
+CONFIG = PredictConfig(window=64, overlap=32, margin=8, progress=False)
+SQUARES = [(20, 30, 20, 20), (60, 100, 30, 40)]  # top, left, height, width: 4 and 12 ha
+
+
+def reflectance_scene(seed: int = 0, height: int = 120, width: int = 160) -> np.ndarray:
+    """(3, h, w) L1C-like reflectance: forest (dark in red), a river, bright tailings squares."""
+    rng = np.random.default_rng(seed)
+    scene = rng.normal([[[0.07]], [[0.06]], [[0.04]]], 0.005, (3, height, width))
+    scene[:, :, 70:74] = np.array([0.08, 0.06, 0.03])[:, None, None]  # a river
+    for top, left, h, w in SQUARES:
+        scene[:, top:top + h, left:left + w] = np.array([0.12, 0.18, 0.30])[:, None, None]
+    return scene
+
+
+def truth_mask(height: int = 120, width: int = 160) -> np.ndarray:
+    truth = np.zeros((height, width), np.uint8)
+    for top, left, h, w in SQUARES:
+        truth[top:top + h, left:left + w] = 1
+    return truth
+
+
+def dn_scene(path, offset: bool, **kwargs):
+    """Sentinel-2 digital numbers: reflectance x 10000 (+ 1000 from baseline 04.00)."""
+    dn = np.round(reflectance_scene() * 10000 + (1000 if offset else 0))
+    kwargs.setdefault("crs", UTM)
+    kwargs.setdefault("transform", from_origin(500000, 7776000, 10, 10))
+    return write_image(path, dn, "uint16", nodata=0, **kwargs)
+
+
+class Counting:
+    """A predictor wrapper that counts calls: checks must fail before any inference."""
+
+    def __init__(self, predictor):
+        self.predictor, self.calls, self.metadata = predictor, 0, predictor.metadata
+
+    def __call__(self, images):
+        self.calls += 1
+        return self.predictor(images)
+
+
+def _read(path) -> np.ndarray:
+    with rasterio.open(path) as dataset:
+        return dataset.read(1)
+
+
+def _mask(result) -> np.ndarray:
+    return _read(result.outputs["mask"])
+
+
+@pytest.mark.parametrize("offset, right, wrong", [(True, "dn_offset", "dn"),
+                                                  (False, "dn", "dn_offset")])
+def test_auto_picks_the_dn_convention_and_a_wrong_one_is_refused(offset, right, wrong,
+                                                                 red_model, tmp_path, caplog):
+    path = dn_scene(tmp_path / "scene.tif", offset)
+    with caplog.at_level(logging.INFO):
+        result = predict_scene(path, red_model, tmp_path / "auto", CONFIG)
+    assert result.provenance["convention"] == right
+    assert f"convention auto -> '{right}'" in caplog.text
+    np.testing.assert_array_equal(_mask(result), truth_mask())
+    counting = Counting(red_model)
+    seen = "no dark pixels.*above 0.1" if wrong == "dn" else "below -0.05"
+    with pytest.raises(ReflectanceConventionError,
+                       match=f"scene.tif: convention '{wrong}'.*{seen}.*'{right}'.*fits.*"
+                             "--force"):
+        predict_scene(path, counting, tmp_path / "wrong",
+                      CONFIG.model_copy(update={"convention": wrong}))
+    assert counting.calls == 0 and not (tmp_path / "wrong").exists()
+    # --force predicts anyway (and the wrong radiometry shows in the probabilities).
+    forced = predict_scene(path, red_model, tmp_path / "forced",
+                           CONFIG.model_copy(update={"convention": wrong, "force": True}))
+    assert forced.provenance["convention"] == wrong
+    assert np.nanmax(np.abs(_read(forced.outputs["probability"])
+                            - _read(result.outputs["probability"]))) > 1e-3
+
+
+def test_raw_dn_as_reflectance_and_reflectance_as_dn_are_refused(red_model, tmp_path):
+    raw = dn_scene(tmp_path / "raw.tif", offset=True)
+    for convention in ("reflectance", "gdal"):
+        with pytest.raises(ReflectanceConventionError,
+                           match=f"raw.tif: convention '{convention}'.*above 1.6.*dn_offset"):
+            predict_scene(raw, red_model, tmp_path / "out",
+                          CONFIG.model_copy(update={"convention": convention}))
+    floats = write_image(tmp_path / "floats.tif", reflectance_scene(), crs=UTM)
+    with pytest.raises(ReflectanceConventionError, match="no bright pixels.*'reflectance'"):
+        predict_scene(floats, red_model, tmp_path / "out",
+                      CONFIG.model_copy(update={"convention": "dn"}))
+    assert predict_scene(floats, red_model, tmp_path / "out", CONFIG).provenance[
+        "convention"] == "reflectance"
+
+
+def test_auto_refuses_when_no_convention_fits(red_model, tmp_path):
+    # uint16 values around 30: neither DN convention gives plausible reflectance.
+    dark = write_image(tmp_path / "dark.tif", np.full((3, 40, 40), 30.0), "uint16", crs=UTM)
+    with pytest.raises(ReflectanceConventionError, match="dark.tif: uint16 values.*none of "
+                                                         "them is plausible"):
+        predict_scene(dark, red_model, tmp_path / "out", CONFIG)
+
+
+def test_band_order_without_descriptions_warns_and_bands_reorders(red_model, tmp_path, caplog):
+    blue_first = dn_scene(tmp_path / "b2b3b4.tif", False, descriptions=None)
+    dn = np.round(reflectance_scene()[::-1] * 10000)  # stored R, G, B, no descriptions
+    red_first = write_image(tmp_path / "rgb.tif", dn, "uint16", crs=UTM, nodata=0,
+                            transform=from_origin(500000, 7776000, 10, 10), descriptions=None)
+    with caplog.at_level(logging.WARNING):
+        assumed = predict_scene(red_first, red_model, tmp_path / "assumed", CONFIG)
+    assert "rgb.tif: no band descriptions; assuming the bands are B2, B3, B4" in caplog.text
+    assert "--bands" in caplog.text
+    # Read as B2, B3, B4, the RGB file's blue band is taken for red: the squares are missed.
+    assert not _mask(assumed).any()
+    stated = predict_scene(red_first, red_model, tmp_path / "stated",
+                           CONFIG.model_copy(update={"bands": ("B4", "B3", "B2")}))
+    np.testing.assert_array_equal(_mask(stated), truth_mask())
+    assert stated.provenance["bands"] == "B4,B3,B2"
+    np.testing.assert_array_equal(
+        _mask(predict_scene(blue_first, red_model, tmp_path / "blue", CONFIG)), truth_mask())
+    # Descriptions that contradict the stated order (or B2, B3, B4) stay a clear error.
+    described = dn_scene(tmp_path / "described.tif", False, descriptions=("red", "green", "blue"))
+    with pytest.raises(BandOrderError, match="described.tif: band descriptions"):
+        predict_scene(described, red_model, tmp_path / "x", CONFIG)
+    with pytest.raises(BandOrderError, match="contradict --bands B2,B3,B4"):
+        predict_scene(described, red_model, tmp_path / "x",
+                      CONFIG.model_copy(update={"bands": ("B2", "B3", "B4")}))
+    assert main(["predict", str(red_first), "--out", str(tmp_path / "cli"), "--model",
+                 str(red_model.path), "--window", "64", "--bands", "red,green,blue",
+                 "--no-progress"]) == 0
+    assert main(["predict", str(red_first), "--out", str(tmp_path / "cli2"), "--model",
+                 str(red_model.path), "--bands", "B4,B3", "--no-progress"]) == 2
+
+
+def test_missing_crs_fails_before_inference(red_model, tmp_path):
+    path = tmp_path / "nocrs.tif"
+    dn = np.round(reflectance_scene() * 10000).astype("uint16")
+    with rasterio.open(path, "w", driver="GTiff", width=160, height=120, count=3,
+                       dtype="uint16") as dataset:
+        dataset.write(dn)
+    counting = Counting(red_model)
+    with pytest.raises(CRSMissingError, match="nocrs.tif: has no coordinate reference system"):
+        predict_scene(path, counting, tmp_path / "out", CONFIG)
+    assert counting.calls == 0 and not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_fails_before_inference_with_exit_2(red_model, tmp_path, capsys):
+    path = dn_scene(tmp_path / "scene.tif", False)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    counting = Counting(red_model)
+    with pytest.raises(OutputWriteError, match="a_file: the output path exists and is not a "
+                                               "folder"):
+        predict_scene(path, counting, a_file, CONFIG)
+    with pytest.raises(OutputWriteError, match="a_file/sub: the output folder cannot be written"):
+        predict_scene(path, counting, a_file / "sub", CONFIG)
+    assert counting.calls == 0 and a_file.read_text() == "not a folder"
+    assert main(["predict", str(path), "--out", str(a_file), "--model", str(red_model.path),
+                 "--no-progress"]) == 2
+    assert "a_file: the output path exists and is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_fails_before_inference(red_model, tmp_path):
+    path = dn_scene(tmp_path / "scene.tif", False)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(OutputWriteError, match="locked: the output folder cannot be written"):
+            predict_scene(path, red_model, locked, CONFIG)
+    finally:
+        locked.chmod(stat.S_IRWXU)
+
+
+def test_all_nodata_scene_warns_and_writes_empty_outputs(red_model, tmp_path, caplog):
+    path = write_image(tmp_path / "empty.tif", np.zeros((3, 100, 100)), "uint16", crs=UTM,
+                       nodata=0)
+    with caplog.at_level(logging.WARNING):
+        result = predict_scene(path, red_model, tmp_path / "out", CONFIG)
+    assert result.valid_pixels == 0 and result.n_sites == 0
+    assert result.warnings == [f"{path}: every pixel is nodata; the outputs hold no data"]
+    assert "every pixel is nodata" in caplog.text
+    assert (_mask(result) == 255).all()
+
+
+def test_provenance_rounded_coordinates_and_geopackage(red_model, tmp_path):
+    path = dn_scene(tmp_path / "scene.tif", True)
+    result = predict_scene(path, red_model, tmp_path / "out",
+                           CONFIG.model_copy(update={"threshold": 0.4}))
+    with rasterio.open(result.outputs["probability"]) as dataset:
+        tags = dataset.tags()
+    assert tags["TAILSEG_THRESHOLD"] == "0.4" and tags["TAILSEG_CONVENTION"] == "dn_offset"
+    assert tags["TAILSEG_MODEL_PATH"] == str(red_model.path)
+    assert tags["TAILSEG_VERSION"] == tailseg.__version__
+    # No name or version in the model's metadata: from its TF Serving path <base>/<name>/<v>.
+    assert (tags["TAILSEG_MODEL_NAME"], tags["TAILSEG_MODEL_VERSION"]) == ("red0", "1")
+    assert tags["TAILSEG_BANDS"] == "B2,B3,B4"
+    with rasterio.open(result.outputs["mask"]) as dataset:
+        assert dataset.tags()["TAILSEG_CONVENTION"] == "dn_offset"
+    collection = json.loads(open(result.outputs["tailings"]).read())
+    assert collection["properties"]["threshold"] == 0.4
+    assert collection["properties"]["convention"] == "dn_offset"
+    assert {"model_name", "model_version", "tailseg_version"} <= set(collection["properties"])
+    coordinates = np.asarray(collection["features"][0]["geometry"]["coordinates"][0])
+    np.testing.assert_array_equal(coordinates, np.round(coordinates, 7))
+    assert any(len(repr(float(c)).split(".")[1]) == 7 for c in coordinates.ravel())
+    assert collection["properties"]["tailseg_version"] == tailseg.__version__
+    gpkg = predict_scene(path, red_model, tmp_path / "gpkg",
+                         CONFIG.model_copy(update={"vector_format": "gpkg"}))
+    assert gpkg.outputs["tailings"].endswith("scene_tailings.gpkg")
+    import sqlite3
+
+    with sqlite3.connect(gpkg.outputs["tailings"]) as connection:
+        assert connection.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47
+        rows = connection.execute("SELECT geom, area_ha FROM tailings ORDER BY id").fetchall()
+        description = connection.execute("SELECT description FROM gpkg_contents").fetchone()[0]
+    features = collection["features"]
+    assert len(rows) == len(features) == len(SQUARES)
+    for (blob, area), feature in zip(rows, features, strict=True):
+        assert area == feature["properties"]["area_ha"]
+        geometry = read_geometry(blob)
+        assert geometry.geom_type == "MultiPolygon" and geometry.is_valid
+        assert shapely.equals(geometry, shapely.geometry.shape(feature["geometry"]))
+    assert json.loads(description)["convention"] == "dn_offset"

@@ -1,0 +1,71 @@
+"""Blending defaults from the model's receptive field (issue 14): measured on real U-Nets, and
+at the default settings the blended map equals a single-window prediction within 1e-4."""
+
+import keras
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from tailseg.config import ModelConfig, PredictConfig
+from tailseg.model import build_unet
+from tailseg.predict import predict_scene, resolve_blending
+from tailseg.receptive import blend_defaults, context_radius
+from tests.rasters import write_image
+
+
+def _unet(depth: int):
+    keras.utils.set_random_seed(5)
+    model = build_unet(ModelConfig(base_filters=4, depth=depth, dropout=0), np.full(3, 0.1),
+                       np.full(3, 0.05))
+
+    def predict(images):
+        return np.asarray(model(images, training=False))
+
+    return predict
+
+
+@pytest.fixture(scope="module")
+def deep_unet():
+    """The shipped architecture's depth (4 poolings), few filters to stay fast."""
+    return _unet(4)
+
+
+def test_measured_radius_matches_the_architecture(deep_unet):
+    # Analytic receptive fields of the U-Net (two 3x3 convolutions per level, 2x2 poolings):
+    # 2 x 20 + 1 pixels at depth 2 and 2 x 100 + 1 at depth 4, widened by up to 2^depth - 1 on
+    # one side by the phase of the pooling grid. The measurement must fall in that range.
+    shallow = context_radius(_unet(2))
+    deep = context_radius(deep_unet)
+    assert 18 <= shallow <= 20 + 3 and 90 <= deep <= 100 + 15
+    assert blend_defaults(shallow) == (32, 96)
+    assert blend_defaults(deep) == (112, 256)  # was margin 32 / overlap 128 before issue 14
+
+
+def test_defaults_come_from_the_model_and_explicit_values_win(deep_unet):
+    config = PredictConfig(window=512)
+    assert (config.margin, config.overlap) == (None, None)
+    resolved = resolve_blending(config, deep_unet, 2000, 2000)
+    assert (resolved.margin, resolved.overlap) == (112, 256)
+    assert resolve_blending(config.model_copy(update={"margin": 48}), deep_unet, 2000,
+                            2000).overlap == 128
+    assert resolve_blending(config, deep_unet, 400, 500).margin == 0  # one window, no seams
+
+
+def test_blended_map_equals_one_window_at_the_default_settings(deep_unet, tmp_path):
+    rng = np.random.default_rng(2)
+    scene = rng.uniform(0.02, 0.3, (768, 768, 3)).astype(np.float32)
+    path = write_image(tmp_path / "scene.tif", np.moveaxis(scene, -1, 0), crs="EPSG:32723",
+                       transform=from_origin(500000, 7776000, 10, 10))
+    single = deep_unet(scene[None])[0, ..., 0]
+
+    def worst(config: PredictConfig) -> float:
+        result = predict_scene(path, deep_unet, tmp_path / str(config.margin), config)
+        with rasterio.open(result.outputs["probability"]) as dataset:
+            return float(np.abs(dataset.read(1) - single).max())
+
+    # 512-pixel windows at the default margin and overlap (112 / 256): 2 x 2 windows.
+    defaults = PredictConfig(window=512, progress=False, threshold=0.5)
+    assert worst(defaults) < 1e-4
+    # The pre-issue-14 defaults (margin 32, overlap 128) leave seams the check sees.
+    assert worst(defaults.model_copy(update={"margin": 32, "overlap": 128})) > 1e-3

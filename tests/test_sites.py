@@ -1,0 +1,169 @@
+"""Site-level metrics on hand-built masks whose answers are known, and pixel areas checked
+against the ellipsoid's radii of curvature and the UTM scale factor."""
+
+import math
+
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+
+from tailseg.dataset import Chip
+from tailseg.sites import (
+    evaluate_sites,
+    raster_row_areas,
+    row_pixel_areas,
+    site_counts,
+    site_scores,
+)
+from tests.rasters import ORIGIN, PIXEL_DEG, write_mask
+
+A, E2 = 6378137.0, 0.00669437999014  # WGS84 semi-major axis and first eccentricity squared
+
+
+def _cell_area_by_radii(lat_deg: float, size_deg: float) -> float:
+    """A small lon/lat cell: east-west size from the parallel's radius, north-south size from
+    the meridian's radius of curvature."""
+    phi = math.radians(lat_deg)
+    w = 1 - E2 * math.sin(phi) ** 2
+    east = A * math.cos(phi) / math.sqrt(w) * math.radians(size_deg)
+    north = A * (1 - E2) / w**1.5 * math.radians(size_deg)
+    return east * north
+
+
+def test_lonlat_pixel_areas_follow_latitude():
+    rows = row_pixel_areas(from_origin(ORIGIN[0], ORIGIN[1], PIXEL_DEG, PIXEL_DEG), "EPSG:4326",
+                           448)
+    centre = ORIGIN[1] - PIXEL_DEG * 0.5
+    assert rows[0] == pytest.approx(_cell_area_by_radii(centre, PIXEL_DEG), rel=1e-5)
+    assert 92 < rows[0] < 93  # 9.9 m north-south by 9.3 m east-west near Brumadinho
+    # Southern hemisphere, going south: cells shrink with the cosine of latitude.
+    assert np.all(np.diff(rows) < 0)
+    at_60 = row_pixel_areas(from_origin(0, 60.0 + PIXEL_DEG / 2, PIXEL_DEG, PIXEL_DEG),
+                            "EPSG:4326", 1)[0]
+    assert at_60 == pytest.approx(_cell_area_by_radii(60.0, PIXEL_DEG), rel=1e-5)
+
+
+def test_utm_pixels_on_the_central_meridian_are_shrunk_by_the_scale_factor():
+    # UTM 23S: grid distances on the central meridian are 0.9996 of true distances.
+    rows = row_pixel_areas(from_origin(500_000, 7_775_000, 10, 10), "EPSG:32723", 4)
+    assert rows == pytest.approx(np.full(4, 100 / 0.9996**2), rel=1e-4)
+
+
+def test_row_areas_from_a_geotiff_header(tmp_path):
+    path = write_mask(tmp_path / "m.tif", np.zeros((5, 7), np.uint8))
+    assert raster_row_areas(path) == pytest.approx(
+        row_pixel_areas(from_origin(ORIGIN[0], ORIGIN[1], PIXEL_DEG, PIXEL_DEG), "EPSG:4326", 5))
+
+
+def test_rotated_or_unreferenced_grids_are_refused():
+    from affine import Affine
+
+    with pytest.raises(ValueError, match="rotated"):
+        row_pixel_areas(Affine(10, 1, 0, 0, -10, 0), "EPSG:32723", 3)
+    with pytest.raises(ValueError, match="CRS"):
+        row_pixel_areas(from_origin(0, 0, 1, 1), None, 3)
+
+
+ROWS = np.full(20, 100.0)  # 20 x 20 chip of 100 m2 pixels: 0.04 km2
+
+
+def _scene():
+    truth = np.zeros((20, 20), bool)
+    truth[2:6, 2:6] = True      # site A, 16 px: predicted but one pixel -> found, area -1/16
+    truth[10:14, 10:14] = True  # site B, 16 px: one predicted pixel, IoU 1/16 -> not found
+    truth[18, 18] = True        # site C: missed
+    predicted = np.zeros_like(truth)
+    predicted[2:6, 2:6] = True
+    predicted[5, 5] = False
+    predicted[11, 11] = True
+    predicted[15:17, 0:2] = True  # false site, 4 px
+    predicted[0, 19] = True       # false site, 1 px
+    return truth, predicted
+
+
+def test_found_false_and_area_error_on_a_hand_built_chip():
+    counts = site_counts(*_scene(), ROWS)
+    assert (counts.labelled, counts.found, counts.predicted, counts.false) == (3, 1, 4, 2)
+    assert counts.area_errors == pytest.approx((-1 / 16,))
+    scores = site_scores(counts)
+    assert scores["site_recall"] == pytest.approx(1 / 3)
+    assert scores["area_km2"] == pytest.approx(0.04)
+    assert scores["false_sites_per_100km2"] == pytest.approx(2 / 0.04 * 100)
+    assert scores["area_error_median"] == pytest.approx(-1 / 16)
+    assert scores["area_abs_error_mean"] == pytest.approx(1 / 16)
+
+
+def test_a_site_predicted_in_fragments_is_found_by_its_fragments_together():
+    truth = np.zeros((20, 20), bool)
+    truth[5:15, 5:15] = True   # 100 px
+    one = np.zeros_like(truth)
+    one[5, 5:11] = True        # 6 px: IoU 0.06 alone
+    two = one.copy()
+    two[14, 5:11] = True       # another 6 px, not touching: together IoU 0.12
+    assert site_counts(truth, one, ROWS).found == 0
+    counts = site_counts(truth, two, ROWS)
+    assert counts.found == 1 and counts.false == 0
+    assert counts.area_errors == pytest.approx((12 / 100 - 1,))
+
+
+def test_one_blob_over_everything_finds_nothing():
+    truth = np.zeros((40, 40), bool)
+    truth[0:4, 0:4] = True
+    counts = site_counts(truth, np.ones_like(truth), np.full(40, 100.0))
+    assert (counts.found, counts.false, counts.predicted) == (0, 0, 1)  # IoU 16/1600
+
+
+def test_minimum_site_size_drops_small_predicted_sites():
+    truth, predicted = _scene()
+    counts = site_counts(truth, predicted, ROWS, min_site_pixels=2)
+    # The 1-px false site and the 1-px fragment in B go; A's 15 px and the 4-px false site stay.
+    assert (counts.predicted, counts.false, counts.found) == (2, 1, 1)
+
+
+def test_connectivity_decides_whether_diagonal_pixels_are_one_site():
+    truth = np.zeros((4, 4), bool)
+    truth[0, 0] = truth[1, 1] = True
+    assert site_counts(truth, truth, np.ones(4), connectivity=4).labelled == 2
+    assert site_counts(truth, truth, np.ones(4), connectivity=8).labelled == 1
+
+
+def test_nothing_labelled_and_nothing_predicted():
+    empty = np.zeros((4, 4), bool)
+    scores = site_scores(site_counts(empty, empty, np.ones(4)))
+    assert scores["site_recall"] is None and scores["false_sites"] == 0
+    assert scores["area_error_median"] is None
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shapes"):
+        site_counts(np.zeros((4, 4)), np.zeros((4, 4)), np.ones(3))
+
+
+def test_evaluate_sites_pools_chips_at_the_threshold():
+    truth, predicted = _scene()
+    chips = [Chip("a", np.zeros((20, 20, 3), np.float32), truth.astype(np.uint8)),
+             Chip("b", np.zeros((20, 20, 3), np.float32), truth.astype(np.uint8))]
+    probabilities = [predicted * 0.9, np.where(truth, 0.6, 0.1)]
+    report = evaluate_sites(chips, probabilities, 0.5, [ROWS, ROWS])
+    assert (report["sites_labelled"], report["sites_found"], report["false_sites"]) == (6, 4, 2)
+    assert report["false_sites_per_100km2"] == pytest.approx(2 / 0.08 * 100)
+    assert [c["sites_found"] for c in report["per_chip"]] == [1, 3]
+    assert "IoU >= 0.1" in report["rule"]
+    # At a threshold above 0.6 chip b predicts nothing.
+    assert evaluate_sites(chips, probabilities, 0.7, [ROWS, ROWS])["sites_found"] == 1
+
+
+def test_model_card_has_the_site_section():
+    from tailseg.model_card import render_model_card
+
+    truth, predicted = _scene()
+    chips = [Chip("a", np.zeros((20, 20, 3), np.float32), truth.astype(np.uint8))]
+    sites = evaluate_sites(chips, [predicted * 0.9], 0.5, [ROWS])
+    metrics = {"iou": 0.4, "f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9,
+               "sites": sites}
+    card = render_model_card("tailseg", 1, {}, {"test": ["a"]}, metrics, 0.5, {},
+                             {"blessed": True, "reasons": []})
+    assert "## Site-level test metrics" in card and "IoU >= 0.1" in card
+    assert "| labelled sites found | 1 of 3 (33%) |" in card
+    assert "| false sites | 2 (5000.0 per 100 km2 of 0.0 km2) |" in card
+    assert "| area error of found sites, median | -6% |" in card

@@ -1,0 +1,52 @@
+"""What the pipeline looks up in the ZenML store (real store, temporary home): the drift
+check's baseline is the band statistics of the same dataset's last validated run, never those
+of another dataset; a production model version without its model or split is an error, not a
+first release."""
+
+import pytest
+from zenml import log_metadata, save_artifact
+from zenml.client import Client
+from zenml.enums import ModelStages
+
+from steps.etl.dataset_validator import (
+    BAND_STATISTICS,
+    dataset_key,
+    previous_band_statistics,
+)
+from steps.promotion.model_gate import production_comparison
+from tailseg.config import RunConfig
+from tailseg.errors import ProductionModelError
+
+
+def _record(stats: dict, data_dir) -> None:
+    version = save_artifact(stats, name=BAND_STATISTICS)
+    log_metadata({"dataset_key": dataset_key(data_dir), "data_dir": str(data_dir)},
+                 artifact_version_id=version.id)
+
+
+def test_previous_statistics_are_this_datasets_latest(tmp_path):
+    first, other, fresh = tmp_path / "first", tmp_path / "other", tmp_path / "fresh"
+    _record({"bands": {}, "n_chips": 1}, first)
+    _record({"bands": {}, "n_chips": 2}, first)
+    _record({"bands": {}, "n_chips": 3}, other)  # the most recent run overall
+    assert previous_band_statistics(first)["n_chips"] == 2
+    assert previous_band_statistics(other)["n_chips"] == 3
+    assert previous_band_statistics(fresh) is None
+
+
+def test_dataset_key_names_the_resolved_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert dataset_key("data") == dataset_key(tmp_path / "data")
+    assert dataset_key(tmp_path / "a") != dataset_key(tmp_path / "b")
+
+
+def test_production_version_without_its_model_is_an_error_not_a_first_release():
+    client = Client()
+    client.create_model("tailseg-orphan")
+    version = client.create_model_version("tailseg-orphan", name="hand-made")
+    client.update_model_version("tailseg-orphan", version.id, stage=ModelStages.PRODUCTION)
+    metrics = {"iou": 0.5, "threshold": 0.5, "per_chip": []}
+    with pytest.raises(ProductionModelError, match=r"'hand-made' is in production but has no "
+                                                   r"unet_model or data_split artifact"):
+        production_comparison("tailseg-orphan", metrics, {"test": []}, RunConfig())
+    assert production_comparison("tailseg-nothing-yet", metrics, {"test": []}, RunConfig()) is None
