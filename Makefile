@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 	$(PYTHON) -m pytest -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tailseg steps pipelines tests benchmarks
+	$(VENV)/bin/ruff check tailseg steps pipelines tests benchmarks mutation
 
 ## All benchmarks; results as JSON in benchmarks/results/.
 bench: $(STAMP)

@@ -472,6 +472,31 @@ def _schedule(args) -> int:
     return 0
 
 
+# --- promote ---------------------------------------------------------------------------------
+
+def _add_promote(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "promote", help="Pin the version production serves (and labels stable) in its "
+                        "models.config; an older version rolls back. Apply with kubectl apply -k.")
+    parser.add_argument("version", type=int, help="Exported version (integer directory)")
+    parser.add_argument("--models-config", default="infra/k8s/overlays/production/models.config",
+                        help="TF Serving config to edit (default: %(default)s)")
+    parser.add_argument("--model-name", default="tailseg")
+    parser.add_argument("--repository", help="The model repository (export_dir), if mounted "
+                                             "here: the version must exist in it")
+    parser.set_defaults(handler=_promote)
+
+
+def _promote(args) -> int:
+    from tailseg.delivery import promote_version
+
+    previous = promote_version(args.models_config, args.model_name, args.version,
+                               args.repository)
+    print(json.dumps({"models_config": args.models_config, "stable": args.version,
+                      "previous": previous}, indent=2))
+    return 0
+
+
 # --- validate --------------------------------------------------------------------------------
 
 def _add_validate(subparsers) -> None:
@@ -581,7 +606,8 @@ def _split(args) -> int:
 # --- registry --------------------------------------------------------------------------------
 
 COMMANDS: list[Callable] = [_add_run, _add_evaluate, _add_cv, _add_predict, _add_change,
-                            _add_serve, _add_stack, _add_schedule, _add_validate, _add_split]
+                            _add_serve, _add_stack, _add_schedule, _add_promote, _add_validate,
+                            _add_split]
 
 
 def build_parser() -> argparse.ArgumentParser:

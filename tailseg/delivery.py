@@ -9,10 +9,13 @@ re-exports when the volume was wiped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
 from typing import Any
+
+from tailseg.errors import ConfigError
 
 RECEIPTS = "receipts"
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -55,3 +58,47 @@ def repository_targets(info: dict[str, Any], export_dir: str | Path, repository_
     sources = [Path(info["saved_model"]), Path(info["onnx"]).parent]
     return {str(source): f"{base}/{source.resolve().relative_to(root).as_posix()}"
             for source in sources}
+
+
+def promote_version(models_config: str | Path, model_name: str, version: int,
+                    repository: str | Path | None = None) -> int | None:
+    """Make `version` what a pinned TF Serving config serves and labels "stable" (promotion, or
+    rollback to an older version); the leading comment lines of the file are kept.
+
+    Args:
+        repository: the model repository's root (export_dir), if mounted here: the version must
+            exist under serving/<model_name>/ there.
+
+    Returns:
+        The version that was stable before, or None.
+
+    Raises:
+        FileNotFoundError: the version is not in the repository.
+        ConfigError: the config has no model of that name.
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = Path(models_config)
+    if repository is not None:
+        saved_model = Path(repository) / "serving" / model_name / str(version) / "saved_model.pb"
+        if not saved_model.is_file():
+            raise FileNotFoundError(f"{saved_model} does not exist: version {version} was never "
+                                    "exported to this repository (or was removed)")
+    text = path.read_text()
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    models = [m for m in config.model_config_list.config if m.name == model_name]
+    if not models:
+        raise ConfigError(f"{path}: no model named {model_name!r}")
+    model = models[0]
+    previous = model.version_labels.get("stable")
+    # One version, one label: a label on a version the policy does not load never resolves.
+    model.model_version_policy.specific.ClearField("versions")
+    model.model_version_policy.specific.versions.append(version)
+    model.version_labels.clear()
+    model.version_labels["stable"] = version
+    lines = text.splitlines()
+    header = "".join(f"{line}\n" for line in itertools.takewhile(
+        lambda line: line.startswith("#"), lines))
+    path.write_text(header + text_format.MessageToString(config))
+    return previous

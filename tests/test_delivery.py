@@ -1,5 +1,8 @@
-"""The exporter's receipts (a cached model is not exported twice, a wiped volume is refilled)
-and the layout a version keeps in the object-storage model repository."""
+"""Model delivery: the exporter's receipts (a cached model is not exported twice, a wiped
+volume is refilled), the layout a version keeps in the object-storage model repository, and
+`tailseg promote`, which pins what production serves (forward, or back for a rollback)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +12,8 @@ from tailseg.delivery import (
     record_export,
     repository_targets,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _export(root, version: int) -> dict:
@@ -45,3 +50,40 @@ def test_repository_keeps_the_export_layout(tmp_path):
     assert targets == {
         info["saved_model"]: "s3://bucket/model-repository/serving/tailseg/7",
         str(tmp_path / "onnx" / "tailseg" / "7"): "s3://bucket/model-repository/onnx/tailseg/7"}
+
+
+def test_promote_pins_the_version_and_rollback_moves_stable_back(tmp_path, capsys):
+    import json
+    import shutil
+
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from tailseg.cli import main
+    from tailseg.delivery import promote_version
+    from tailseg.errors import ConfigError
+
+    config = tmp_path / "models.config"
+    shutil.copy(ROOT / "infra/k8s/overlays/production/models.config", config)
+    repository = tmp_path / "repo"
+    _export(repository, 1)
+    _export(repository, 2)
+
+    assert main(["promote", "2", "--models-config", str(config), "--repository",
+                 str(repository)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"models_config": str(config), "stable": 2,
+                                                   "previous": 1}
+    parsed = text_format.Parse(config.read_text(), model_server_config_pb2.ModelServerConfig())
+    (model,) = parsed.model_config_list.config
+    assert list(model.model_version_policy.specific.versions) == [2]
+    assert dict(model.version_labels) == {"stable": 2}
+    assert config.read_text().startswith("# Production serves one explicit version")
+    assert promote_version(config, "tailseg", 1) == 2  # rollback
+    # A version that was never exported is refused, and nothing changes.
+    before = config.read_text()
+    assert main(["promote", "7", "--models-config", str(config), "--repository",
+                 str(repository)]) == 2
+    assert "version 7 was never exported" in capsys.readouterr().err
+    assert config.read_text() == before
+    with pytest.raises(ConfigError, match="no model named 'other'"):
+        promote_version(config, "other", 1)
