@@ -56,9 +56,9 @@ def cpu() -> dict:
             "flags": [flag for flag in CPU_FLAGS if flag in flags]}
 
 
-def usage() -> tuple[float, int, float]:
+def usage() -> tuple[float, int, float, float]:
     rusage = resource.getrusage(resource.RUSAGE_SELF)
-    return time.perf_counter(), rusage.ru_minflt, rusage.ru_stime
+    return time.perf_counter(), rusage.ru_minflt, rusage.ru_stime, rusage.ru_utime
 
 
 def train_child(steps: int) -> None:
@@ -83,7 +83,8 @@ def train_child(steps: int) -> None:
         model.train_on_batch(x, y)
         after = usage()
         per_step.append({"ms": (after[0] - before[0]) * 1e3, "minor_faults": after[1] - before[1],
-                         "system_seconds": after[2] - before[2]})
+                         "system_seconds": after[2] - before[2],
+                         "user_seconds": after[3] - before[3]})
     print(json.dumps({"allocator_env": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
                       "steps": per_step}))
 
@@ -104,6 +105,7 @@ def run_training(setting: str, steps: int) -> dict:
     return {"ms_per_step": statistics.median(s["ms"] for s in steps_),
             "minor_faults_per_step": statistics.median(s["minor_faults"] for s in steps_),
             "system_seconds": sum(s["system_seconds"] for s in steps_),
+            "user_seconds": sum(s["user_seconds"] for s in steps_),
             "onednn_on": "oneDNN custom operations are on" in done.stderr,
             "allocator_env": result["allocator_env"]}
 
@@ -113,7 +115,7 @@ def run_prediction(setting: str, scene: Path, model: str, out: Path) -> dict:
     env = setting_env(setting)
     command = [sys.executable, "-m", "tailseg.cli", "--quiet", "predict", str(scene),
                "--model", model, "--out", str(out), "--convention", "dn", "--overwrite",
-               "--no-progress"]
+               "--no-progress", "--window", "1024", "--overlap", "128", "--margin", "32"]
     started = time.perf_counter()
     with tempfile.TemporaryFile() as stdout:
         process = subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.DEVNULL)

@@ -164,7 +164,9 @@ def main() -> None:
                      "cpu": cpu(), "tensorflow_flags": "stock wheel (no XLA, oneDNN default)",
                      "preset": args.preset, "image": [448, 448, 3], "batch": 1}
     with tempfile.TemporaryDirectory() as workdir:
-        export = export_for_serving(model, Path(workdir) / "exports", "tailseg", 4, chips[:3])
+        multiple = MODEL_PRESETS[args.preset].multiple  # the signature pads to it (2300 -> 2304)
+        export = export_for_serving(model, Path(workdir) / "exports", "tailseg", multiple,
+                                    chips[:3])
         results["parity_max_abs_diff_3_chips"] = export["parity_max_abs_diff"]
         tf_predictor, onnx_predictor = load_tf(export["saved_model"]), load_onnx(export["onnx"])
         rows = []

@@ -14,6 +14,7 @@ any number taken from it; on a shared machine the budget buys fewer epochs.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="Training budget per fold")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     path = Path(args.config).resolve()
     base = (load_run_yaml(path).get("parameters") or {}).get("config") or {}
     results = {}

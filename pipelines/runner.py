@@ -37,6 +37,28 @@ def effective_configuration(config_path: str | Path, overlay: str | Path | None 
             "parameters": {"config": config.model_dump(mode="json")}}
 
 
+def never_cache_side_effects(pipeline, configuration: dict) -> dict:
+    """The run configuration with `steps.<name>.enable_cache: false` for every step of the
+    pipeline declared `@step(enable_cache=False)`, whatever the configuration says.
+
+    Those steps act outside the run (validation against the last statistics, the gate reading
+    production, export to the model repository, promotion), so a cached result would skip the
+    effect. ZenML 0.98 applies a run-level `enable_cache` to every step, over the step's own
+    setting (config/compiler.py, `_apply_run_configuration`); a step's entry in the run
+    configuration is applied after it (`_compile_step_invocation`) and wins.
+    """
+    prepared = pipeline.with_options()  # a copy: preparing records the step invocations
+    prepared.prepare(**(configuration.get("parameters") or {}))
+    steps = {name: dict(step or {}) for name, step in (configuration.get("steps") or {}).items()}
+    for name, invocation in prepared.invocations.items():
+        if invocation.step.configuration.enable_cache is False:
+            if steps.get(name, {}).get("enable_cache"):
+                logger.warning("steps.%s.enable_cache ignored: %s has side effects and always "
+                               "runs", name, name)
+            steps[name] = {**steps.get(name, {}), "enable_cache": False}
+    return {**configuration, "steps": steps}
+
+
 def run_pipeline(name: str, config_path: str | Path, overlay: str | Path | None = None) -> dict:
     """Run a pipeline on the active stack and summarise where its outputs went."""
     from zenml.client import Client
@@ -45,7 +67,8 @@ def run_pipeline(name: str, config_path: str | Path, overlay: str | Path | None 
     from pipelines.training import training
 
     pipelines = {"training": training}
-    effective = effective_configuration(config_path, overlay)
+    effective = never_cache_side_effects(pipelines[name],
+                                         effective_configuration(config_path, overlay))
     scheduled = schedules.schedule_name(effective) if effective.get("schedule") else None
     # ZenML refuses a second schedule of the same name: submitting again replaces it.
     replaced = schedules.remove_schedule(scheduled) if scheduled else None

@@ -213,7 +213,10 @@ def validation_dataset(chips: list[Chip], multiple: int, batch_size: int = 2):
     """tf.data over validation_batches (height and width left open)."""
     import tensorflow as tf
 
-    batches = validation_batches(chips, multiple, batch_size)
+    # The fullest batch first: under a MirroredStrategy Keras builds the model from the first
+    # batch, which must split evenly over the replicas (keras backend/tensorflow/trainer.py,
+    # _maybe_symbolic_build); later, partial batches are split as they come.
+    batches = sorted(validation_batches(chips, multiple, batch_size), key=lambda b: -len(b[0]))
     signature = (tf.TensorSpec((None, None, None, 3), tf.float32),
                  tf.TensorSpec((None, None, None, 1), tf.float32))
     dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)

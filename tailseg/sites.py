@@ -2,8 +2,8 @@
 sites it invents, and how well it measures the ones it finds.
 
 A *site* is a connected component of tailings pixels, 8-connected by default: the bundled
-labels mark one site per chip, and 8-connectivity reads them so in 98 of 100 chips, while
-4-connectivity splits 8 of them into 2-3 parts that touch only at corners. The rules:
+labels mark one site per chip, and 8-connectivity reads one site in 98 of the 100 masks,
+4-connectivity in only 92 (parts touching at corners count apart). The rules:
 
 * **Found**: a labelled site is found when the predicted sites that touch it, taken together,
   overlap it with IoU >= 0.1 (`min_iou`). Taking the touching sites together lets a site

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from tailseg.accelerate import plan_acceleration
+from tailseg.accelerate import AccelerationPlan, plan_acceleration
 from tailseg.budget import BudgetSchedule, PlannedCosineDecay
 from tailseg.config import ModelConfig, TrainConfig
 from tailseg.dataset import (
@@ -26,6 +26,7 @@ from tailseg.model import build_unet
 
 logger = logging.getLogger(__name__)
 MONITOR = "val_iou"
+VAL_BATCH_PER_REPLICA = 2  # whole validation chips per replica and step
 
 
 def seed_everything(seed: int) -> None:
@@ -72,46 +73,60 @@ def compile_model(model: keras.Model, config: TrainConfig, learning_rate=None) -
     )
 
 
+def global_batches(config: TrainConfig, plan: AccelerationPlan) -> TrainConfig:
+    """The training configuration whose batch_size is the global batch of the plan: the
+    per-replica batch_size times the replicas kept in sync."""
+    return config.model_copy(update={"batch_size": plan.global_batch_size(config.batch_size)})
+
+
 def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: ModelConfig,
-                config: TrainConfig, extra_callbacks: list | None = None) -> TrainResult:
+                config: TrainConfig, extra_callbacks: list | None = None,
+                plan: AccelerationPlan | None = None) -> TrainResult:
     """Train a U-Net on random crops of train_chips, validating on whole val_chips.
 
     The learning rate follows a cosine decay that ends at the last planned epoch: config.epochs,
     or with config.max_minutes the epochs that fit the budget (tailseg.budget). The weights of
     the best validation-IoU epoch are kept. Returns the trained model with its per-epoch history
     and, in info, the planned and run epochs and why the run stopped.
+
+    config.batch_size is the batch of one replica: with several GPUs (plan, by default the one
+    plan_acceleration makes for the visible devices) every step takes batch_size crops per
+    replica, and an epoch has fewer steps, so it still covers the training area about once.
     """
     if not train_chips or not val_chips:
         raise ValueError("training needs at least one training and one validation chip")
     seed_everything(config.seed)
-    plan = plan_acceleration(config.mixed_precision)
+    plan = plan or plan_acceleration(config.mixed_precision)
     logger.info("training on %s", plan.describe())
     mean, std = band_statistics(train_chips)
-    steps = crops_per_epoch(train_chips, config)
+    batches = global_batches(config, plan)
+    steps = crops_per_epoch(train_chips, batches)
     schedule = PlannedCosineDecay(config.learning_rate, decay_steps=steps * config.epochs)
     with plan.strategy.scope():
         model = build_unet(model_config, mean, std)
         compile_model(model, config, learning_rate=schedule)
     # Batched by chip size, so validation chips of different sizes do not need stacking.
-    val_data = validation_dataset(val_chips, model_config.multiple, batch_size=2)
+    val_data = validation_dataset(val_chips, model_config.multiple,
+                                  batch_size=plan.global_batch_size(VAL_BATCH_PER_REPLICA))
     best = _BestWeights()
     budget = BudgetSchedule(schedule, steps, config.epochs, config.max_minutes)
     callbacks = [best, budget,
                  keras.callbacks.EarlyStopping(MONITOR, mode="max",
                                                patience=config.early_stopping_patience)]
     started = time.monotonic()
-    fit = model.fit(training_dataset(train_chips, config), epochs=config.epochs,
+    fit = model.fit(training_dataset(train_chips, batches), epochs=config.epochs,
                     steps_per_epoch=steps, validation_data=val_data,
                     shuffle=False,
                     callbacks=callbacks + (extra_callbacks or []), verbose=config.verbose)
     seconds = time.monotonic() - started
     epochs_run = len(fit.history.get("loss", []))
-    crops = epochs_run * steps * config.batch_size
+    crops = epochs_run * steps * batches.batch_size
     equivalent_chips = crops * config.crop_size**2 / np.mean([c.mask.size for c in train_chips])
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     return TrainResult(model=model, history=history, best_epoch=best.best_epoch + 1,
                        seconds=seconds, chips_per_second=float(equivalent_chips / seconds),
                        info={**budget.summary(epochs_run), "steps_per_epoch": steps,
+                             "global_batch_size": batches.batch_size,
                              **{f"accelerator_{k}": v for k, v in plan.describe().items()},
                              "band_mean": ",".join(f"{v:.5f}" for v in mean),
                              "band_std": ",".join(f"{v:.5f}" for v in std)})

@@ -584,6 +584,27 @@ def test_zenml_compiler_keeps_side_effect_steps_uncached(tmp_path):
     assert all(c.enable_cache for c in steps.values())
 
 
+def test_side_effect_steps_never_come_from_the_cache_whatever_the_run_config_says(tmp_path):
+    """The trap above, closed by the runner: a user's run-level enable_cache: true, and even a
+    per-step true, compile to uncached side-effect steps while the trainer stays cacheable.
+    About 5 s on top of the TensorFlow import: one compilation by ZenML's own compiler."""
+    from pipelines.runner import effective_configuration, never_cache_side_effects
+    from pipelines.training import training
+
+    effective = effective_configuration(ROOT / "zenml.yaml")
+    asked = {**effective, "enable_cache": True,
+             "steps": {**effective["steps"], "model_exporter": {"enable_cache": True}}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(never_cache_side_effects(training, asked)))
+    pipeline = training.with_options(config_path=str(path))
+    pipeline.prepare()
+    snapshot, _, _ = pipeline._compile(config_path=str(path))
+    cached = {name: step.config.enable_cache
+              for name, step in snapshot.step_configurations.items()}
+    assert {name for name, enabled in cached.items() if not enabled} == SIDE_EFFECT_STEPS
+    assert cached["model_trainer"] is True
+
+
 def test_pipeline_has_the_steps_the_overlays_configure():
     source = (ROOT / "pipelines" / "training.py").read_text()
     for overlay in ("zenml.k8s.yaml", "zenml.kubeflow.yaml"):

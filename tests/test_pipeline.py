@@ -151,9 +151,17 @@ def test_evaluate_cli_scores_the_export_with_each_backend(first_run, bundled_dat
         assert {"iou", "f1", "precision", "recall", "accuracy", "per_chip"} <= report.keys()
         assert [c["chip_id"] for c in report["per_chip"]] == ["chip_000", "chip_002"]
         assert report["threshold"] == summary["test"]["threshold"]
-        # Site metrics: one labelled site per bundled chip; two 448 x 448 chips of ~92 m2
-        # pixels (about 37 km2).
+        # Site metrics: one labelled site per bundled chip; the two 448 x 448 chips, at 16.3
+        # and 14.1 degrees south, cover 18.92 and 19.11 km2.
         assert report["sites"]["sites_labelled"] == 2
-        assert report["sites"]["area_km2"] == pytest.approx(37, rel=0.05)
+        assert report["sites"]["area_km2"] == pytest.approx(38.03, rel=1e-3)
     assert reports["base"]["iou"] == pytest.approx(reports["onnx"]["iou"], abs=1e-3)
     assert reports["base"]["sites"]["sites_found"] == reports["onnx"]["sites"]["sites_found"]
+    # Test-time augmentation and a minimum site size are options of the same command.
+    out = tmp_path / "tta.json"
+    assert main(["evaluate", "--model", str(root / "exports" / "serving" / "tailseg"),
+                 "--data", str(data), "--json", str(out), "--tta",
+                 "--min-site-pixels", "1000000"]) == 0
+    tta = json.loads(out.read_text())
+    assert tta["tta"] is True and reports["base"]["tta"] is False
+    assert tta["sites"]["sites_predicted"] == 0 and tta["sites"]["min_site_pixels"] == 1000000

@@ -167,3 +167,13 @@ def test_model_card_has_the_site_section():
     assert "| labelled sites found | 1 of 3 (33%) |" in card
     assert "| false sites | 2 (5000.0 per 100 km2 of 0.0 km2) |" in card
     assert "| area error of found sites, median | -6% |" in card
+
+
+def test_console_line_shows_missing_values_as_na():
+    from tailseg.sites import site_line
+
+    empty = np.zeros((4, 4), bool)
+    line = site_line(site_scores(site_counts(empty, empty, np.ones(4))))
+    assert line.startswith("sites found 0/0 (n/a), false sites 0 (0.0 per 100 km2)")
+    truth, predicted = _scene()
+    assert "median -6%" in site_line(site_scores(site_counts(truth, predicted, ROWS)))

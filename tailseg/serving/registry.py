@@ -96,7 +96,12 @@ class LoadedVersion:
         for start in range(0, len(images), step):
             check_alive(deadline, alive)
             batch = tf.constant(images[start:start + step])
-            outputs.append(self.function(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy())
+            try:
+                outputs.append(self.function(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy())
+            except tf.errors.OpError as error:  # TF Serving passes the run status through,
+                # e.g. INVALID_ARGUMENT for a side the U-Net cannot halve evenly
+                raise ServingRequestError(f"{type(error).__name__}: {error.message.strip()}",
+                                          status_code_name(error)) from error
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def request_images(self, request) -> np.ndarray:
@@ -146,8 +151,8 @@ class VersionState:
     last_error: str = ""
 
 
-def load_error_code(error: Exception) -> str:
-    """The status code name TF Serving would report for a failed load."""
+def status_code_name(error: Exception) -> str:
+    """The status code name TF Serving would report for a failed load or model run."""
     import grpc
     import tensorflow as tf
     from google.protobuf.message import DecodeError
@@ -230,7 +235,7 @@ class ModelRegistry:
             if attempt > self.max_num_load_retries:
                 logger.error("model %s version %s failed to load after %d attempts: %s",
                              source.name, version, attempt, message)
-                states[version] = VersionState("END", message, load_error_code(error), attempt)
+                states[version] = VersionState("END", message, status_code_name(error), attempt)
             else:
                 logger.warning("model %s version %s failed to load (attempt %d of %d), retrying "
                                "in %g s: %s", source.name, version, attempt,
