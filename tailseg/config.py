@@ -61,7 +61,8 @@ class TrainConfig(Strict):
 
     epochs: int = Field(60, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1, description="Default: one pass of crops.")
-    batch_size: int = Field(8, ge=1, description="Global batch, split across GPUs if several.")
+    batch_size: int = Field(8, ge=1, description="Crops per step and replica: the global "
+                            "batch is this times the GPUs (tailseg.train.global_batches).")
     learning_rate: float = Field(2e-3, gt=0)
     loss: LossName = "bce_dice"
     tversky_alpha: float = Field(0.7, ge=0, description="Tversky loss: weight of false "

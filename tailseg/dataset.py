@@ -191,32 +191,47 @@ def training_dataset(chips: list[Chip], config: TrainConfig):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def validation_batches(chips: list[Chip], multiple: int, batch_size: int = 2
-                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+def validation_batches(chips: list[Chip], multiple: int, batch_size: int = 2,
+                       replicas: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """Whole chips padded to the model's multiple, batched by size: chips of different sizes
     never share a batch, so validation chips need not all have one size.
 
+    With several replicas (batch_size then a multiple of them) every batch splits evenly, one
+    chip or more per replica: a replica given no chip fails in the U-Net's batch normalisation,
+    and Keras builds a distributed model from a first batch that must split evenly (keras
+    backend/tensorflow/trainer.py, _maybe_symbolic_build). So the last len(group) % replicas
+    chips of each size are left out, and logged.
+
     Returns:
         [(images (N, H, W, 3) float32, masks (N, H, W, 1) float32)], chips of a size in order.
+
+    Raises:
+        ValueError: no size has as many chips as there are replicas.
     """
     by_shape: dict[tuple[int, ...], list[Chip]] = {}
     for chip in chips:
         by_shape.setdefault(chip.mask.shape, []).append(chip)
     batches = []
-    for group in by_shape.values():
+    for shape, group in by_shape.items():
+        if left_out := group[len(group) - len(group) % replicas:]:
+            logger.warning("validation on %d replicas leaves out %d chip(s) of size %s: %s",
+                           replicas, len(left_out), shape, [c.chip_id for c in left_out])
+            group = group[:len(group) - len(left_out)]
         for start in range(0, len(group), batch_size):
             batches.append(evaluation_arrays(group[start:start + batch_size], multiple))
+    if chips and not batches:
+        raise ValueError(f"validation on {replicas} replicas needs at least {replicas} "
+                         f"validation chips of one size; sizes: {sorted(by_shape)}. Raise "
+                         "data.val_fraction or train on fewer GPUs.")
     return batches
 
 
-def validation_dataset(chips: list[Chip], multiple: int, batch_size: int = 2):
+def validation_dataset(chips: list[Chip], multiple: int, batch_size: int = 2,
+                       replicas: int = 1):
     """tf.data over validation_batches (height and width left open)."""
     import tensorflow as tf
 
-    # The fullest batch first: under a MirroredStrategy Keras builds the model from the first
-    # batch, which must split evenly over the replicas (keras backend/tensorflow/trainer.py,
-    # _maybe_symbolic_build); later, partial batches are split as they come.
-    batches = sorted(validation_batches(chips, multiple, batch_size), key=lambda b: -len(b[0]))
+    batches = validation_batches(chips, multiple, batch_size, replicas)
     signature = (tf.TensorSpec((None, None, None, 3), tf.float32),
                  tf.TensorSpec((None, None, None, 1), tf.float32))
     dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)

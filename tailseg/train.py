@@ -107,7 +107,7 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
         compile_model(model, config, learning_rate=schedule)
     # Batched by chip size, so validation chips of different sizes do not need stacking.
     val_data = validation_dataset(val_chips, model_config.multiple,
-                                  batch_size=plan.global_batch_size(VAL_BATCH_PER_REPLICA))
+                                  plan.global_batch_size(VAL_BATCH_PER_REPLICA), plan.replicas)
     best = _BestWeights()
     budget = BudgetSchedule(schedule, steps, config.epochs, config.max_minutes)
     callbacks = [best, budget,

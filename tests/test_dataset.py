@@ -10,6 +10,7 @@ from tailseg.dataset import (
     load_chips,
     require_pairs,
     training_batches,
+    validation_batches,
 )
 from tailseg.errors import DatasetNotFoundError, PairingError
 from tests.rasters import make_dataset, write_mask
@@ -93,3 +94,14 @@ def test_tailings_crops_contain_tailings_anywhere_not_only_at_the_centre(tmp_pat
     _, masks = next(training_batches(chips, config))
     assert all(mask.any() for mask in masks)
     assert not all(mask[8, 8, 0] for mask in masks)  # crops contain tailings, not centred on them
+
+
+def test_validation_batches_split_evenly_over_replicas(tmp_path):
+    # Risk: on several GPUs a replica given no chip fails in batch normalisation, and Keras
+    # builds the distributed model from a first batch that must split evenly.
+    small, _ = load_chips(require_pairs(make_dataset(tmp_path / "a", n_chips=5, size=16)))
+    large, _ = load_chips(require_pairs(make_dataset(tmp_path / "b", n_chips=1, size=32)))
+    assert [len(images) for images, _ in validation_batches(small + large, 16, 2)] == [2, 2, 1, 1]
+    assert [len(images) for images, _ in validation_batches(small + large, 16, 4, 2)] == [4]
+    with pytest.raises(ValueError, match="at least 2 validation chips of one size"):
+        validation_batches(large, 16, 4, 2)

@@ -16,8 +16,8 @@ def _versus(candidate_iou: float, production_iou: float, n: int = 3) -> Comparis
 
 def test_first_run_uses_absolute_thresholds_only():
     decision = decide(METRICS, GateConfig(min_iou=0.4))
-    assert decision.blessed and "first model" in decision.reasons[0]
-    assert decision.compared_chips is None
+    assert decision.reasons == ["all checks passed (first model: absolute thresholds only)"]
+    assert decision.blessed and decision.compared_chips is None
     rejected = decide(METRICS, GateConfig(min_iou=0.99))
     assert not rejected.blessed
     assert rejected.reasons == ["failed: iou >= 0.99 (value 0.5000)"]
@@ -26,9 +26,12 @@ def test_first_run_uses_absolute_thresholds_only():
 def test_regression_beyond_tolerance_is_rejected():
     config = GateConfig(min_iou=0.1, max_regression=0.02)
     passed = decide(METRICS, config, _versus(0.5, 0.51))
-    assert passed.blessed and "on 3 test chips neither model trained on" in passed.reasons[0]
+    assert passed.blessed and passed.reasons == [
+        "all checks passed (compared with production on 3 test chips neither model trained on)"]
     decision = decide(METRICS, config, _versus(0.5, 0.6))
-    assert not decision.blessed and "production" in decision.reasons[0]
+    assert not decision.blessed and decision.reasons == [
+        "failed: iou - production iou >= -0.02 on 3 test chips neither model trained on "
+        "(value -0.1000)"]
     assert decision.baseline_iou == 0.6 and decision.compared_chips == 3
 
 
@@ -47,7 +50,11 @@ def test_required_improvement():
 
 def test_no_chip_unseen_by_both_models_rejects():
     decision = decide(METRICS, GateConfig(min_iou=0.1), _versus(0.5, 0.0, n=0))
-    assert not decision.blessed and "at least 1 test chip" in decision.reasons[0]
+    assert not decision.blessed and decision.reasons == [
+        "failed: compared with production on at least 1 test chip neither model trained on "
+        "(production was trained on another split; demote it or restore its split seed and "
+        "fractions) (value 0.0000)"]
+    assert decision.compared_chips == 0
 
 
 def test_recall_threshold_checks_recall_not_precision():
@@ -71,3 +78,11 @@ def test_pooled_on_sums_the_counts_of_the_named_chips_only():
     pooled = pooled_on(metrics, ["d", "f"])
     assert pooled["iou"] == pytest.approx(6 / 9)
     assert pooled["precision"] == pytest.approx(6 / 8) and pooled["recall"] == pytest.approx(6 / 7)
+
+
+def test_a_value_exactly_at_a_threshold_passes():
+    exact = {"iou": 0.5, "f1": 0.25, "recall": 0.75}
+    assert decide(exact, GateConfig(min_iou=0.5, min_f1=0.25, min_recall=0.75)).blessed
+    config = GateConfig(min_iou=0.1, max_regression=0.25, min_improvement=0.25)
+    assert decide(exact, config, _versus(0.5, 0.25)).blessed
+    assert decide(exact, GateConfig(min_iou=0.1, max_regression=0.25), _versus(0.25, 0.5)).blessed

@@ -59,3 +59,7 @@ def test_valid_mask_excludes_pixels_and_shapes_must_match():
     assert confusion(truth, predicted, valid) == Counts(tp=0, fp=0, fn=1, tn=0)
     with pytest.raises(ValueError, match="shape mismatch"):
         confusion(np.ones((2, 2)), np.ones((2, 3)))
+
+
+def test_counts_add_up_every_field():
+    assert Counts(1, 2, 3, 4) + Counts(10, 20, 30, 40) == Counts(11, 22, 33, 44)

@@ -116,3 +116,15 @@ def test_default_sweep_reaches_past_0_95_and_bad_sweeps_are_rejected():
     for bad in ([], [0.5, 1.0], [0.0, 0.5]):
         with pytest.raises(ValueError, match="sweep"):
             EvaluationConfig(sweep=bad)
+
+
+def test_a_probability_exactly_at_the_threshold_is_tailings():
+    from tailseg.dataset import Chip
+    from tailseg.evaluate import evaluate_probabilities, threshold_sweep
+
+    chip = Chip("c", np.zeros((1, 2, 3), np.float32), np.array([[1, 0]], np.uint8))
+    probability = np.array([[0.5, 0.25]], np.float32)
+    assert evaluate_probabilities([chip], [probability])["counts"] == {
+        "tp": 1, "fp": 0, "fn": 0, "tn": 1}
+    rows = threshold_sweep([chip], [probability], [0.5, 0.25])
+    assert [(row["threshold"], row["precision"]) for row in rows] == [(0.25, 0.5), (0.5, 1.0)]

@@ -21,11 +21,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import get_model_status_pb2, prediction_service_pb2_grpc
 
+from tailseg.cli import build_parser
 from tailseg.config import ModelConfig
+from tailseg.errors import ConfigError
 from tailseg.export import write_saved_model
 from tailseg.model import build_unet
 from tailseg.serving.client import GrpcClient
+from tailseg.serving.flags import serve_config_kwargs
+from tailseg.serving.metrics import read_monitoring_config
 from tailseg.serving.process import launch_server
+from tailseg.serving.server import ServeConfig, start_server
 from tailseg.serving.warmup import predict_request, write_warmup_file
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -179,17 +184,34 @@ def test_metrics_count_requests_latency_and_model_states(tf_style_server):
 
 
 def test_tf_serving_flag_semantics(version_dir, tmp_path):
-    """--rest_api_port=0 disables REST as in TF Serving; a bad monitoring config fails early."""
+    """TF Serving's flags parse to its meanings: --port=0 / --rest_api_port=0 disable an API,
+    microseconds and milliseconds are converted; a misspelt monitoring config is refused."""
     base = tmp_path / "tailseg"
     shutil.copytree(version_dir, base / "1")
-    with launch_server([f"--model_base_path={base}", "--rest_api_port=0"], tmp_path / "a") as s:
-        assert s.rest_port is None
-        assert GrpcClient(s.grpc_target).status().model_version_status[0].version == 1
+    args = build_parser().parse_args([
+        "serve", "--model_name=tailseg", f"--model_base_path={base}", "--rest_api_port=0",
+        "--port=8500", "--load_retry_interval_micros=250000", "--rest_api_timeout_in_ms=1500",
+        "--grpc_max_threads=3", "--rest_api_num_threads=5"])
+    config = ServeConfig(**serve_config_kwargs(args))
+    assert (config.rest_port, config.grpc_port) == (None, 8500)
+    assert (config.load_retry_interval_seconds, config.rest_timeout_seconds) == (0.25, 1.5)
+    assert (config.grpc_max_threads, config.rest_max_connections) == (3, 5)
+    legacy = build_parser().parse_args(["serve", "--model-base-path", str(base), "--rest-port",
+                                        "0", "--grpc-port", "0"])
+    assert ServeConfig(**serve_config_kwargs(legacy)).rest_port == 0  # 0: any free port
+    server = start_server(config.model_copy(update={"grpc_port": 0}))
+    try:  # REST really is off, gRPC answers
+        assert server.rest is None and server.rest_port is None
+        assert GrpcClient(f"127.0.0.1:{server.grpc_port}").status().model_version_status
+    finally:
+        server.stop()
     bad = tmp_path / "monitoring.config"
     bad.write_text("prometheus_config { enabled: true }")
-    with pytest.raises(RuntimeError, match="MonitoringConfig"):
-        launch_server([f"--model_base_path={base}", f"--monitoring_config_file={bad}"],
-                      tmp_path / "b")
+    with pytest.raises(ConfigError, match="MonitoringConfig text proto"):
+        read_monitoring_config(bad)
+    with pytest.raises(ConfigError, match="give --rest_api_port"):
+        bad.write_text("prometheus_config { enable: true }")
+        start_server(config.model_copy(update={"monitoring_config_file": str(bad)}))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from tailseg.cli import main
 from tailseg.config import DataConfig
 from tailseg.errors import SplitError
-from tailseg.split import assign, split_ids, split_record, unit_hash
+from tailseg.split import METHOD, assign, split_ids, split_record, unit_hash
 from tests.rasters import synthetic_chip, write_image, write_mask
 
 IDS = [f"chip_{i:04d}" for i in range(4000)]
@@ -74,14 +74,21 @@ def test_a_split_leaving_a_part_empty_is_refused_with_counts():
     with pytest.raises(SplitError, match=r"no test chip \(train 6, val 2, test 0; seed 42"):
         split_ids([f"chip_{i:03d}" for i in (0, 2, 3, 4, 5, 6, 7, 8)],
                   DataConfig(val_fraction=0.3, test_fraction=0.3), source="data/x")
-    with pytest.raises(SplitError, match="data/x: the split of 1 chips leaves no"):
+    with pytest.raises(SplitError) as error:
         split_ids(["chip_000"], DataConfig(), source="data/x")
+    assert str(error.value) == (
+        "data/x: the split of 1 chips leaves no val and no test chip (train 1, val 0, test 0; "
+        "seed 42, val_fraction 0.15, test_fraction 0.15); add chips or change the fractions or "
+        "seed")
 
 
 def test_record_says_how_it_was_made():
-    record = split_record(IDS[:50], DataConfig(seed=3))
-    assert record["seed"] == 3 and "sha256" in record["method"]
-    assert record["val_fraction"] == 0.15 and record["test_fraction"] == 0.15
+    record = split_record(IDS[:50], DataConfig(seed=3), source="data/x")
+    assert record == {**split_ids(IDS[:50], DataConfig(seed=3)), "seed": 3,
+                      "val_fraction": 0.15, "test_fraction": 0.15, "method": METHOD}
+    assert METHOD.startswith("sha256(seed:chip_id)")
+    with pytest.raises(SplitError, match="^data/x: "):
+        split_record(IDS[:1], DataConfig(), source="data/x")
 
 
 def test_cli_split_of_bundled_data_plus_five_new_chips_keeps_every_chip(bundled_data, tmp_path,

@@ -63,3 +63,72 @@ def test_training_uses_the_configured_loss(trained):
     result, _ = trained
     loss = float(np.mean(np.asarray(result.model.loss(Y_TRUE, Y_PRED))))
     assert loss == pytest.approx(HAND["focal"], rel=1e-5)
+
+
+# Run in its own process: the CPU is split into two logical devices before TensorFlow starts,
+# which would leave every other test with a MirroredStrategy-ready CPU it did not ask for.
+MIRRORED = """
+import json, sys, tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+
+from tailseg.accelerate import AccelerationPlan
+from tailseg.config import ModelConfig, TrainConfig
+from tailseg.dataset import load_chips, require_pairs, training_dataset
+from tailseg.train import global_batches, train_model
+from tests.rasters import make_dataset
+
+
+class SamplesSeen(keras.callbacks.Callback):
+    # Keras' loss tracker counts the examples of every step, over all replicas.
+    seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append(int(self.model._loss_tracker.count.numpy()))
+
+
+chips, _ = load_chips(require_pairs(make_dataset(Path(tempfile.mkdtemp()), n_chips=8, size=64,
+                                                 seed=1)))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+plan = AccelerationPlan(strategy, "float32", 0)
+config = TrainConfig(epochs=1, batch_size=3, crop_size=32, verbose=0)
+images, _ = next(iter(strategy.experimental_distribute_dataset(
+    training_dataset(chips, global_batches(config, plan)))))
+samples = SamplesSeen()
+# 3 training chips of 64 x 64 are 12 crops of 32 x 32: 2 steps of 2 x 3 crops. 5 validation
+# chips on 2 replicas: 4 validated, in one batch of 2 per replica.
+result = train_model(chips[:3], chips[3:], ModelConfig(base_filters=2, depth=2, dropout=0),
+                     config, extra_callbacks=[samples], plan=plan)
+replica_batches = [int(t.shape[0]) for t in strategy.experimental_local_results(images)]
+json.dump({"replica_batches": replica_batches, "samples_seen": samples.seen, "info": result.info,
+           "val_iou": result.history["val_iou"]}, sys.stdout)
+"""
+
+
+def test_mirrored_training_takes_the_batch_size_per_replica():
+    """config.batch_size is per replica: on 2 replicas a step takes 2 x batch_size crops and an
+    epoch half the steps. About 25 s on 2 cores, most of it importing TensorFlow."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
+                          cwd=root, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout)
+    assert outcome["replica_batches"] == [3, 3]
+    assert outcome["samples_seen"] == [6, 12]
+    info = outcome["info"]
+    assert (info["accelerator_replicas"], info["global_batch_size"]) == (2, 6)
+    assert info["steps_per_epoch"] == 2
+    assert np.isfinite(outcome["val_iou"]).all()

@@ -1,11 +1,12 @@
 """Resource control of `tailseg serve`: admission by pixels in flight, deadlines, GC pauses.
 
-Memory of a prediction grows with its pixels (about 280 bytes per pixel for the U-Net's
-activations: one 2300 x 2300 chip costs about 1.5 GB), so requests are admitted by pixels, not
-by count. A request waits in a bounded queue while the budget is used up; when the queue is full,
-or the request alone is larger than the whole budget, it is refused at once with
-RESOURCE_EXHAUSTED (HTTP 429), as TF Serving refuses work beyond its batching queue. A waiting
-request whose deadline passes, or whose client went away, leaves the queue without running.
+Memory of a prediction grows with its pixels (about 400 bytes per pixel for the U-Net's
+activations: one 2300 x 2300 chip cost 2.1 GB in benchmarks/bench_serving.py), so requests are
+admitted by pixels, not by count. A request waits in a bounded queue while the budget is used
+up; when the queue is full, or the request alone is larger than the whole budget, it is refused
+at once with RESOURCE_EXHAUSTED (HTTP 429), as TF Serving refuses work beyond its batching
+queue. A waiting request whose deadline passes, or whose client went away, leaves the queue
+without running.
 """
 
 from __future__ import annotations
