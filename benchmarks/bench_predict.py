@@ -6,9 +6,11 @@ and an output bias of -8 (see export_cpu_model); speed does not depend on the we
 Scenes are uint16 digital numbers in UTM, tiled GeoTIFFs, written strip by strip.
 
     .venv/bin/python benchmarks/bench_predict.py [--sizes 1024 2048 4096 8192]
-        [--backends tf onnx] [--repeats 1]
+        [--backends tf onnx] [--repeats 1] [--margin M --overlap O] [--results PATH]
 
-Writes benchmarks/results/predict.json with medians over --repeats runs.
+Margin and overlap default to prediction's defaults (derived from the model's receptive field:
+112 / 256 for this model). Writes benchmarks/results/predict.json (or --results) with medians
+over --repeats runs.
 """
 
 from __future__ import annotations
@@ -61,20 +63,25 @@ def write_scene(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
-def child(scene: str, model: str, backend: str, out: str) -> None:
-    """One timed run; prints a JSON line."""
+def child(scene: str, model: str, backend: str, out: str, margin: str = "",
+          overlap: str = "") -> None:
+    """One timed run; prints a JSON line. Empty margin/overlap: prediction's defaults."""
     from tailseg.backends import load_predictor
     from tailseg.config import PredictConfig
     from tailseg.predict import predict_scene
 
     predictor = load_predictor(model, backend)
     after_load = rss_mib()
-    result = predict_scene(scene, predictor, out, PredictConfig(convention="dn", progress=False,
-                                                                overwrite=True))
+    blending = {key: int(value) for key, value in (("margin", margin), ("overlap", overlap))
+                if value}
+    result = predict_scene(scene, predictor, out, PredictConfig(
+        convention="dn", progress=False, overwrite=True, **blending))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": result.seconds, "peak_rss_mib": peak,
                       "rss_after_load_mib": after_load, "n_windows": result.n_windows,
-                      "n_sites": result.n_sites, "timings": result.timings}))
+                      "n_sites": result.n_sites, "timings": result.timings,
+                      "margin": result.provenance["margin"],
+                      "overlap": result.provenance["overlap"]}))
 
 
 def export_cpu_model(directory: Path) -> tuple[dict, float]:
@@ -98,7 +105,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--backends", nargs="+", default=["tf", "onnx"])
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--child", nargs=4, metavar=("SCENE", "MODEL", "BACKEND", "OUT"))
+    parser.add_argument("--margin", default="", help="Default: from the model")
+    parser.add_argument("--overlap", default="", help="Default: from the model")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" /
+                                                 "predict.json"))
+    parser.add_argument("--child", nargs=6, metavar=("SCENE", "MODEL", "BACKEND", "OUT",
+                                                      "MARGIN", "OVERLAP"))
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -113,7 +125,7 @@ def main() -> None:
             samples = []
             for _ in range(args.repeats):
                 command = [sys.executable, __file__, "--child", str(scene), models[backend],
-                           backend, str(work / "out")]
+                           backend, str(work / "out"), args.margin, args.overlap]
                 done = subprocess.run(command, capture_output=True, text=True, check=True)
                 samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
             seconds = statistics.median(s["seconds"] for s in samples)
@@ -128,15 +140,16 @@ def main() -> None:
                    "fraction_of_cpu_peak": round(flops * pixels_per_second / CPU_PEAK_FLOPS, 4),
                    "projected_s2_tile_minutes": round(S2_TILE_PIXELS / pixels_per_second / 60, 1),
                    "n_windows": samples[0]["n_windows"], "n_sites": samples[0]["n_sites"],
-                   "stage_seconds": samples[0]["timings"], "repeats": args.repeats}
+                   "stage_seconds": samples[0]["timings"], "repeats": args.repeats,
+                   "margin": samples[0]["margin"], "overlap": samples[0]["overlap"]}
             runs.append(run)
             print(json.dumps(run), flush=True)
         scene.unlink()
     results = {"date": time.strftime("%Y-%m-%d"), "machine": os.uname().machine,
                "cpus": os.cpu_count(), "model": "ModelConfig() (base_filters 16, depth 4)",
-               "flops_per_pixel": flops, "window": 1024, "overlap": 128, "margin": 32,
+               "flops_per_pixel": flops, "window": 1024,
                "cpu_peak_flops_assumed": CPU_PEAK_FLOPS, "runs": runs}
-    out = ROOT / "benchmarks" / "results" / "predict.json"
+    out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

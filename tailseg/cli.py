@@ -627,7 +627,7 @@ def _uses_tensorflow(args) -> bool:
     """Whether the command loads TensorFlow (imported first then, without its start-up lines).
     A new command loads it unless listed here."""
     match args.command:
-        case "validate" | "stack" | "split":
+        case "validate" | "stack" | "split" | "promote":
             return False
         case "schedule":
             return args.submit

@@ -21,10 +21,12 @@ from tailseg.errors import TailsegError
 
 Verbosity = Literal["quiet", "normal", "verbose"]
 
-# TensorFlow's default CPU allocator returns large tensors to the OS and faults them back in on
-# every step. On a 2-core AMD EPYC, 5 steps of the default U-Net (batch 8, 256x256) took
-# 3.6-3.8 s each with about 470k minor page faults, against 2.3 s and under 3k faults with the
-# BFC allocator (issue 13; benchmarks/bench_allocator.py measures it on the machine at hand).
+# TensorFlow's plain CPU allocator returns large tensors to the OS and faults them back in on
+# every step. It is the default wherever TensorFlow's oneDNN operations are off, as on x86 CPUs
+# without AVX512_VNNI (the AVX2-only AMD EPYC of issue 13: 3.6-3.8 s and about 470k minor page
+# faults per step of the default U-Net, batch 8, 256 x 256, against 2.3 s and under 3k with the
+# BFC allocator). benchmarks/bench_allocator.py: the same ratios with oneDNN turned off on an
+# AVX-512 EPYC (0.68x ms per step, 446k -> 3.4k faults); with oneDNN on, no difference.
 TENSORFLOW_ENV = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
 
 # Start-up lines TensorFlow writes straight to file descriptor 2 while it is imported, before

@@ -97,7 +97,7 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
         raise ValueError("training needs at least one training and one validation chip")
     seed_everything(config.seed)
     plan = plan or plan_acceleration(config.mixed_precision)
-    logger.info("training on %s", plan.describe())
+    logger.debug("training on %s", plan.describe())  # the devices are logged at INFO by the plan
     mean, std = band_statistics(train_chips)
     batches = global_batches(config, plan)
     steps = crops_per_epoch(train_chips, batches)

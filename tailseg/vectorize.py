@@ -168,16 +168,15 @@ def polygonize(mask_path: str | Path, probability_path: str | Path | None = None
     lonlat = to_wgs84(natives, crs, math.hypot(transform.a, transform.b))
     areas = equal_area_ha(lonlat)
     pixels = np.rint(shapely.area(natives) / abs(transform.determinant)).astype(int)
-    if probability_path and len(features):
-        means = mean_probabilities(probability_path, features, natives)
+    kept = np.flatnonzero(areas >= min_area_ha)  # before the means: specks cost nothing more
+    if probability_path and len(kept):
+        means = mean_probabilities(probability_path, [features[i] for i in kept], natives[kept])
     else:
-        means = np.full(len(features), np.nan)
-    kept = np.flatnonzero(areas >= min_area_ha)
-    lonlat = np.asarray(lonlat, dtype=object)
-    lonlat[kept] = clean_lonlat(lonlat[kept])
-    return [Site(number, lonlat[i], float(areas[i]),
-                 None if np.isnan(means[i]) else float(means[i]), int(pixels[i]))
-            for number, i in enumerate(kept, start=1)]
+        means = np.full(len(kept), np.nan)
+    lonlat = clean_lonlat(np.asarray(lonlat, dtype=object)[kept])
+    return [Site(number, lonlat[k], float(areas[i]),
+                 None if np.isnan(means[k]) else float(means[k]), int(pixels[i]))
+            for k, (number, i) in enumerate(enumerate(kept, start=1))]
 
 
 def write_geojson(sites: list[Site], path: str | Path, properties: dict | None = None) -> Path:

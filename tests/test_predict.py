@@ -35,17 +35,22 @@ SMALL = PredictConfig(window=64, overlap=32, margin=8, progress=False)
 SQUARES = [(20, 30, 20, 20), (90, 150, 30, 40), (50, 60, 25, 25)]  # top, left, height, width
 
 
-@pytest.fixture(scope="module")
-def red_model(tmp_path_factory):
-    """probability = sigmoid(100 * (B4 - 0.15)), threshold 0.5 in the model's metadata."""
+def load_red_model(directory):
+    """probability = sigmoid(100 * (B4 - 0.15)), threshold 0.5 in the model's metadata,
+    exported as version 1 of a TF Serving base path and loaded."""
     inputs = keras.Input((None, None, 3), name="image")
     layer = keras.layers.Conv2D(1, 1, activation="sigmoid", name="probability")
     model = keras.Model(inputs, layer(inputs))
     layer.set_weights([np.array([0, 0, 100.0], np.float32).reshape(1, 1, 3, 1),
                        np.array([-15.0], np.float32)])
-    path = tmp_path_factory.mktemp("red") / "1"
+    path = directory / "1"
     write_saved_model(model, path, multiple=1, metadata={"threshold": 0.5})
     return load_predictor(path)
+
+
+@pytest.fixture(scope="module")
+def red_model(tmp_path_factory):
+    return load_red_model(tmp_path_factory.mktemp("red"))
 
 
 @pytest.fixture(scope="module")

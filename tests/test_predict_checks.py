@@ -17,7 +17,6 @@ import shapely
 from rasterio.transform import from_origin
 
 import tailseg
-
 from tailseg.cli import main
 from tailseg.config import PredictConfig
 from tailseg.errors import (
@@ -29,11 +28,16 @@ from tailseg.errors import (
 from tailseg.geopackage import read_geometry
 from tailseg.predict import predict_scene
 from tests.rasters import write_image
-from tests.test_predict import red_model  # noqa: F401  (a module-scoped fixture)
+from tests.test_predict import load_red_model
 
 UTM = "EPSG:32723"
 CONFIG = PredictConfig(window=64, overlap=32, margin=8, progress=False)
 SQUARES = [(20, 30, 20, 20), (60, 100, 30, 40)]  # top, left, height, width: 4 and 12 ha
+
+
+@pytest.fixture(scope="module")
+def red_model(tmp_path_factory):
+    return load_red_model(tmp_path_factory.mktemp("red"))
 
 
 def reflectance_scene(seed: int = 0, height: int = 120, width: int = 160) -> np.ndarray:
@@ -223,7 +227,8 @@ def test_provenance_rounded_coordinates_and_geopackage(red_model, tmp_path):
     assert tags["TAILSEG_MODEL_PATH"] == str(red_model.path)
     assert tags["TAILSEG_VERSION"] == tailseg.__version__
     # No name or version in the model's metadata: from its TF Serving path <base>/<name>/<v>.
-    assert (tags["TAILSEG_MODEL_NAME"], tags["TAILSEG_MODEL_VERSION"]) == ("red0", "1")
+    assert (tags["TAILSEG_MODEL_NAME"], tags["TAILSEG_MODEL_VERSION"]) == (
+        red_model.path.parent.name, "1")
     assert tags["TAILSEG_BANDS"] == "B2,B3,B4"
     with rasterio.open(result.outputs["mask"]) as dataset:
         assert dataset.tags()["TAILSEG_CONVENTION"] == "dn_offset"

@@ -19,11 +19,16 @@ from tailseg.config import PredictConfig
 from tailseg.errors import OutputWriteError, PredictionInterrupted
 from tailseg.outputs import SCRATCH_PREFIX
 from tailseg.predict import predict_scene
-from tests.test_predict import red_model  # noqa: F401  (a module-scoped fixture)
+from tests.test_predict import load_red_model
 from tests.test_predict_checks import dn_scene, reflectance_scene
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG = PredictConfig(window=64, overlap=32, margin=8, progress=False)
+
+
+@pytest.fixture(scope="module")
+def red_model(tmp_path_factory):
+    return load_red_model(tmp_path_factory.mktemp("red"))
 
 
 def _scratch(folder: Path) -> list[str]:

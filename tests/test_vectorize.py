@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import shapely
 from rasterio.transform import from_origin
 
 from tailseg.change import compare_sites, detect_change, read_sites
@@ -141,3 +142,44 @@ def test_change_rejects_bad_geojson(tmp_path):
     with pytest.raises(VectorReadError, match="not found"):
         read_sites(tmp_path / "missing.geojson")
     assert compare_sites([], []) == []
+
+
+@pytest.mark.parametrize("crs, transform", [
+    ("EPSG:32723", from_origin(500000, 7776000, 10, 10)),
+    ("EPSG:4326", from_origin(-44.12, -20.11, 9e-5, 9e-5))])
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_polygons_are_valid_counter_clockwise_and_rounded(crs, transform, connectivity, tmp_path):
+    # Diagonal chains, a ring with a hole and noise: 8-connected shapes touch themselves at
+    # vertices, which rasterio returns as invalid rings.
+    rng = np.random.default_rng(0)
+    mask = (rng.random((60, 60)) > 0.55).astype(np.uint8)
+    mask[5:25, 5:25] = 1
+    mask[10:20, 10:20] = 0
+    mask[10, 10] = mask[11, 11] = mask[12, 12] = 1  # a diagonal chain inside the hole
+    path = write_mask(tmp_path / "mask.tif", mask, crs=crs, transform=transform)
+    sites = polygonize(path, connectivity=connectivity)
+    assert len(sites) > 5
+    for site in sites:
+        assert site.geometry.is_valid, (site.id, shapely.is_valid_reason(site.geometry))
+        for polygon in getattr(site.geometry, "geoms", [site.geometry]):
+            assert polygon.exterior.is_ccw  # RFC 7946 right-hand rule
+            assert all(not ring.is_ccw for ring in polygon.interiors)
+        coordinates = shapely.get_coordinates(site.geometry)
+        np.testing.assert_array_equal(coordinates, np.round(coordinates, 7))
+    assert any(len(p.interiors) for s in sites for p in getattr(s.geometry, "geoms",
+                                                                [s.geometry]))
+
+
+def test_change_ignores_specks_below_the_minimum_area(tmp_path):
+    # The same two 1 ha sites on both dates, with different single-pixel specks.
+    before = _sites_file(tmp_path, "before", [(0, 0, 10, 10), (50, 50, 10, 10), (100, 100, 1, 1),
+                                              (30, 90, 1, 1)])
+    after = _sites_file(tmp_path, "after", [(0, 0, 10, 10), (50, 50, 10, 10), (110, 5, 1, 1)])
+    summary = detect_change(before, after, tmp_path / "change.geojson")
+    assert summary["counts"] == {"unchanged": 2}
+    features = json.loads((tmp_path / "change.geojson").read_text())["features"]
+    assert [f["properties"]["area_before_ha"] for f in features] == pytest.approx([1, 1],
+                                                                                  rel=0.01)
+    everything = compare_sites(read_sites(before), read_sites(after),
+                               ChangeConfig(min_area_ha=0))
+    assert sum(f["properties"]["status"] != "unchanged" for f in everything) == 3

@@ -46,18 +46,14 @@ class RestClient:
             f"/versions/{version}" if version is not None else
             f"/labels/{label}" if label is not None else "")
 
-    def _request(self, url: str, body: dict | None = None) -> dict:
+    def _request(self, url: str, body: dict | None = None, decode: Callable = orjson.loads):
         data = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         request = urllib.request.Request(url, data=data,
                                          headers={"Content-Type": "application/json"})
 
-        def call() -> dict:
-            from tailseg.serving.limits import gc_paused
-
+        def call():
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-            with gc_paused():  # a predict answer decodes into ~200k objects per 448 x 448 chip
-                return orjson.loads(body)
+                return decode(response.read())
 
         def retryable(error: Exception) -> bool:
             if isinstance(error, urllib.error.HTTPError):
@@ -78,11 +74,12 @@ class RestClient:
                                      f"({error})") from error
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        from tailseg.serving.protocol import parse_predict_response
+        from tailseg.serving.protocol import parse_predict_response_body
 
         images = np.ascontiguousarray(images, dtype=np.float32)
-        payload = self._request(f"{self.model_url}:predict", {"inputs": images})
-        return parse_predict_response(payload)
+        # orjson writes the float32 array in its shortest exact form, without Python floats.
+        return self._request(f"{self.model_url}:predict", {"inputs": images},
+                             parse_predict_response_body)
 
     def status(self) -> dict:
         return self._request(self.model_url)

@@ -55,6 +55,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "%(default)s)")
     parser.add_argument("--monitoring_config_file", default=None,
                         help="MonitoringConfig text proto enabling Prometheus metrics")
+    parser.add_argument("--allow_version_labels_for_unavailable_models", type=_tf_bool,
+                        nargs="?", const=True, default=False, metavar="true|false",
+                        help="Let models.config assign labels new to the server to versions "
+                             "not yet AVAILABLE (needed for labels at start-up; default: "
+                             "%(default)s)")
     parser.add_argument("--max_request_bytes", "--max-request-bytes", dest="max_request_bytes",
                         type=int, default=64 * 2**20,
                         help="Largest REST body (default: %(default)s; tailseg)")
@@ -64,6 +69,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_queued_requests", type=int, default=32,
                         help="Requests waiting for room before 429 / RESOURCE_EXHAUSTED "
                              "(default: %(default)s; tailseg)")
+
+
+def _tf_bool(text: str) -> bool:
+    """A boolean flag value as TensorFlow's flag parser reads it (true/false, 1/0)."""
+    match text.lower():
+        case "true" | "1":
+            return True
+        case "false" | "0":
+            return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _port(tf_value: int | None, free_value: int | None, default: int) -> int | None:
@@ -89,6 +104,8 @@ def serve_config_kwargs(args: argparse.Namespace) -> dict:
         "max_queued_requests": args.max_queued_requests,
         "grpc_max_threads": args.grpc_max_threads,
         "rest_max_connections": args.rest_api_num_threads,
+        "allow_version_labels_for_unavailable_models":
+            args.allow_version_labels_for_unavailable_models,
     }
     return {key: value for key, value in kwargs.items()
             if value is not None or key in ("model_base_path", "model_config_file",

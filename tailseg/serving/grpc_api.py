@@ -1,7 +1,7 @@
 """TF Serving's gRPC API: PredictionService (Predict, GetModelMetadata) and ModelService
-(GetModelStatus), from the tensorflow-serving-api protos. The response builders and the
-prediction path (admission control, deadlines, metrics) are shared with the REST API, which
-renders the same protos as JSON.
+(GetModelStatus, HandleReloadConfigRequest), from the tensorflow-serving-api protos. The
+response builders and the prediction path (admission control, deadlines, metrics) are shared
+with the REST API, which renders the same protos as JSON.
 """
 
 from __future__ import annotations
@@ -10,21 +10,25 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
 
-from tailseg.errors import ServingRequestError
+from tailseg.errors import ConfigError, ServingRequestError
 from tailseg.export import OUTPUT_NAME, SIGNATURE
+from tailseg.serving.labels import VersionLabelError
 from tailseg.serving.limits import Admission, check_alive
 from tailseg.serving.metrics import ServingMetrics
+from tailseg.serving.model_config import sources_from_proto
 from tailseg.serving.protocol import to_tensor_proto
 from tailseg.serving.registry import LoadedVersion, ModelRegistry
 
@@ -162,6 +166,31 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return _abort_on_error(context, lambda: status_response(
             self.registry, request.model_spec.name, version, label), self.runtime,
             request.model_spec.name, "GetModelStatus")
+
+    def HandleReloadConfigRequest(self, request, context):
+        """Replace the served models (model_service_impl.cc): the new config's labels are
+        checked first; a refused config changes nothing and its status is the RPC's status.
+
+        Relative base paths resolve against the server's working directory, as in TF Serving
+        without --model_config_list_root_dir. A config file polled for changes replaces this
+        config when the file changes next.
+        """
+        origin = "HandleReloadConfigRequest"
+        try:
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise ConfigError("ServerModelConfig type not supported by "
+                                  "HandleReloadConfigRequest. Only ModelConfigList is currently "
+                                  "supported")
+            self.registry.reload_config(sources_from_proto(request.config, origin, Path.cwd()),
+                                        origin)
+        except ConfigError as error:
+            code = grpc.StatusCode.FAILED_PRECONDITION if isinstance(error, VersionLabelError) \
+                else grpc.StatusCode.INVALID_ARGUMENT
+            logger.error("ReloadConfig failed: %s", error)
+            context.abort(code, str(error))
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = 0  # OK
+        return response
 
 
 def add_servicers(server: grpc.Server, runtime: ServingRuntime) -> None:

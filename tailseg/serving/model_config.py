@@ -80,8 +80,7 @@ def read_model_config(path: str | Path) -> list[ModelSource]:
     """Parse a models.config; relative base paths resolve against the file's folder.
 
     Raises:
-        ConfigError: unreadable file, bad text proto, no model_config_list, or a label naming a
-            version the policy does not serve.
+        ConfigError: unreadable file, bad text proto, or a config sources_from_proto refuses.
     """
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -92,26 +91,40 @@ def read_model_config(path: str | Path) -> list[ModelSource]:
     except (OSError, text_format.ParseError) as error:
         raise ConfigError(f"{path}: not a readable ModelServerConfig text proto ({error})") \
             from error
+    return sources_from_proto(config, str(path), path.parent)
+
+
+def sources_from_proto(config, origin: str, root: Path) -> list[ModelSource]:
+    """The models of a ModelServerConfig proto (a file's, or a HandleReloadConfigRequest's).
+
+    Args:
+        origin: where the config came from, named in errors.
+        root: the folder relative base paths resolve against.
+
+    Raises:
+        ConfigError: no model_config_list, an empty one, a platform other than tensorflow, or a
+            label naming a version the specific policy does not serve.
+    """
     if config.WhichOneof("config") != "model_config_list":
-        raise ConfigError(f"{path}: expected a model_config_list")
+        raise ConfigError(f"{origin}: expected a model_config_list")
     sources = []
     for entry in config.model_config_list.config:
         if entry.model_platform not in ("", "tensorflow"):
-            raise ConfigError(f"{path}: model {entry.name!r}: platform {entry.model_platform!r}"
-                              " is not supported; use 'tensorflow'")
+            raise ConfigError(f"{origin}: model {entry.name!r}: platform "
+                              f"{entry.model_platform!r} is not supported; use 'tensorflow'")
         base = Path(entry.base_path)
         policy = entry.model_version_policy
         kind = policy.WhichOneof("policy_choice") or "latest"
         source = ModelSource(
-            name=entry.name, base_path=base if base.is_absolute() else path.parent / base,
+            name=entry.name, base_path=base if base.is_absolute() else root / base,
             policy=kind, num_versions=policy.latest.num_versions or 1,
             versions=tuple(policy.specific.versions), labels=dict(entry.version_labels))
         if kind == "specific" and not set(source.labels.values()) <= set(source.versions):
-            raise ConfigError(f"{path}: model {entry.name!r}: labels {source.labels} name "
+            raise ConfigError(f"{origin}: model {entry.name!r}: labels {source.labels} name "
                               f"versions outside the specific policy {list(source.versions)}")
         sources.append(source)
     if not sources:
-        raise ConfigError(f"{path}: model_config_list is empty")
+        raise ConfigError(f"{origin}: model_config_list is empty")
     return sources
 
 

@@ -17,6 +17,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tailseg.errors import ServingRequestError
 from tailseg.export import INPUT_NAME, OUTPUT_NAME
 from tailseg.serving.limits import gc_paused
+from tailseg.serving.numeric_json import decode_numeric_body
 
 # gRPC status name -> HTTP status, as TF Serving's http_server.cc maps them.
 HTTP_STATUS: dict[str, int] = {
@@ -128,6 +129,11 @@ def parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
 
 
 def _parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
+    # A plain {"inputs" | "instances": [numbers]} body skips Python objects; anything else,
+    # errors included, takes the general path below.
+    if (fast := decode_numeric_body(body, ("instances", "inputs"))) is not None:
+        key, values = fast
+        return check_image(values.astype(np.float32)), key == "instances", None
     try:
         payload = orjson.loads(body)
     except json.JSONDecodeError as error:  # orjson's error subclasses it
@@ -157,6 +163,22 @@ def predict_response_json(probability: np.ndarray, row_format: bool) -> bytes:
     # json.dumps(array.tolist()) on a 448 x 448 chip.
     return orjson.dumps({key: np.ascontiguousarray(probability)},
                         option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def parse_predict_response_body(body: bytes) -> np.ndarray:
+    """parse_predict_response of the raw response body, without Python floats when it is plain.
+
+    Raises:
+        ServingRequestError: the body is not JSON.
+    """
+    if (fast := decode_numeric_body(body, ("outputs", "predictions"))) is not None:
+        return fast[1].astype(np.float32)
+    with gc_paused():
+        try:
+            payload = orjson.loads(body)
+        except json.JSONDecodeError as error:
+            raise ServingRequestError(f"JSON Parse error: {error}") from error
+        return _parse_predict_response(payload)
 
 
 def parse_predict_response(payload: dict) -> np.ndarray:

@@ -11,6 +11,9 @@ Serving's AspiredVersionsManager with its AvailabilityPreservingPolicy
 - versions the policy no longer selects are unloaded (END) only once a selected version is
   AVAILABLE (or none is selected): a half-copied or corrupt new version never takes the
   serving one down.
+Version labels follow TF Serving's rule (see tailseg.serving.labels): a config whose labels point
+to versions that are not AVAILABLE is refused, at start-up or on reload (the previous config
+stays in force and a changed file is tried again at each poll).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tailseg.errors import ModelFormatError, ServingRequestError
+from tailseg.errors import ConfigError, ModelFormatError, ServingRequestError
 from tailseg.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE, existing_versions
+from tailseg.serving.labels import LabelMap, assign_version_labels
 from tailseg.serving.limits import check_alive
 from tailseg.serving.model_config import ModelSource, read_model_config
 from tailseg.serving.protocol import check_image, from_tensor_proto
@@ -180,19 +184,64 @@ class ModelRegistry:
     max_num_load_retries: int = 5  # TF Serving's default
     load_retry_interval: float = 60.0  # seconds; TF Serving's default is 1 minute
     poll_config: bool = True  # re-read config_file when it changes
+    allow_labels_for_unavailable: bool = False  # --allow_version_labels_for_unavailable_models
     on_load_attempt: Callable[[str, str], None] = lambda path, status: None
     loaded: dict[str, dict[int, LoadedVersion]] = field(default_factory=dict)
     states: dict[str, dict[int, VersionState]] = field(default_factory=dict)
+    labels: LabelMap = field(default_factory=dict)  # in force: model -> label -> version
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _config_lock: threading.RLock = field(default_factory=threading.RLock)
     _config_mtime: float = 0.0
+    _logged_failure: str = ""
 
     def refresh(self) -> None:
-        """One poll: re-read the config if it changed, load new versions, unload dropped ones."""
-        first = not self._config_mtime
-        if self.config_file is not None and (first or self.poll_config) and \
-                self.config_file.stat().st_mtime != self._config_mtime:
-            self._config_mtime = self.config_file.stat().st_mtime
-            self.sources = read_model_config(self.config_file)
+        """One poll: re-read the config if it changed, load new versions, unload dropped ones.
+
+        Raises:
+            ConfigError: the first read of the config file fails, or its labels are refused.
+                Later, a refused file is logged, the previous config kept, and the file tried
+                again at the next poll (TF Serving re-reads it at every config poll).
+        """
+        with self._config_lock:
+            first = not self._config_mtime
+            if self.config_file is not None and (first or self.poll_config):
+                mtime = self.config_file.stat().st_mtime
+                if mtime != self._config_mtime:
+                    try:
+                        self.apply_config(read_model_config(self.config_file),
+                                          str(self.config_file))
+                        self._config_mtime = mtime
+                    except ConfigError as error:
+                        if first:
+                            raise
+                        if str(error) != self._logged_failure:
+                            logger.error("ReloadConfig failed, previous config kept: %s", error)
+                            self._logged_failure = str(error)
+            self._refresh_models()
+
+    def reload_config(self, sources: list[ModelSource], origin: str) -> None:
+        """HandleReloadConfigRequest: check and apply a new model list, load its versions."""
+        with self._config_lock:
+            self.apply_config(sources, origin)
+            self._refresh_models()
+
+    def apply_config(self, sources: list[ModelSource], origin: str) -> None:
+        """Make sources the served models, if their labels pass TF Serving's rule.
+
+        Raises:
+            VersionLabelError: a label points to a version that is not AVAILABLE (and the
+                flag does not allow it); nothing changes.
+        """
+        with self._lock:
+            available = {name: {v for v, s in states.items() if s.state == "AVAILABLE"}
+                         for name, states in self.states.items()}
+        labels = assign_version_labels(sources, available, self.labels,
+                                       self.allow_labels_for_unavailable, origin)
+        with self._lock:
+            self.sources, self.labels = sources, labels
+        self._logged_failure = ""
+
+    def _refresh_models(self) -> None:
         for source in self.sources:
             self._refresh_model(source)
         with self._lock:
@@ -265,12 +314,12 @@ class ModelRegistry:
     def resolve(self, name: str, version: int | None = None,
                 label: str | None = None) -> LoadedVersion:
         """The loaded version a request names (latest when neither version nor label)."""
-        source = self.source(name)
+        self.source(name)
         if label is not None:
-            if label not in source.labels:
+            version = self.labels.get(name, {}).get(label)
+            if version is None:
                 raise ServingRequestError(f"Unrecognized servable version label: {label!r} of "
                                           f"model {name!r}", "NOT_FOUND")
-            version = source.labels[label]
         with self._lock:
             versions = self.loaded.get(name, {})
             if version is None and versions:

@@ -59,6 +59,7 @@ class ServeConfig(Strict):
     max_pixels_in_flight: int = Field(12 * 2**20, ge=1)
     max_queued_requests: int = Field(32, ge=0)
     monitoring_config_file: str | None = None
+    allow_version_labels_for_unavailable_models: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> ServeConfig:
@@ -85,11 +86,16 @@ def build_registry(config: ServeConfig, metrics=None):
         ModelSource(config.model_name, Path(config.model_base_path).resolve())]
     registry = ModelRegistry(sources, config_file, config.max_num_load_retries,
                              config.load_retry_interval_seconds,
-                             poll_config=config.config_poll_seconds != 0)
+                             poll_config=config.config_poll_seconds != 0,
+                             allow_labels_for_unavailable=(
+                                 config.allow_version_labels_for_unavailable_models))
     if metrics is not None:
         registry.on_load_attempt = lambda path, status: metrics.load_attempts.labels(
             path, status).inc()
-    registry.refresh()
+    try:
+        registry.refresh()
+    except ConfigError as error:  # as tensorflow_model_server's main.cc reports it
+        raise ConfigError(f"Failed to start server. Error: {error}") from error
     return registry
 
 
