@@ -144,6 +144,17 @@ def paired(predicts: dict[str, Callable], chips: np.ndarray, requests: int) -> d
             for name, values in times.items()}
 
 
+def general_json(predict: Callable) -> Callable:
+    """predict with the client's fast JSON path off (TAILSEG_FAST_JSON=0 is read per call)."""
+    def call(images: np.ndarray) -> np.ndarray:
+        os.environ["TAILSEG_FAST_JSON"] = "0"
+        try:
+            return predict(images)
+        finally:
+            del os.environ["TAILSEG_FAST_JSON"]
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/tailings-br")
@@ -171,14 +182,33 @@ def main() -> None:
         tf_predictor, onnx_predictor = load_tf(export["saved_model"]), load_onnx(export["onnx"])
         rows = []
         base = str(Path(export["saved_model"]).parent)
-        with launch_server(["--model-base-path", base, "--max-request-bytes", str(2**28)],
-                           Path(workdir) / "server") as server:
+        # The "before" of the fast JSON path, interleaved with the rest: a second server and a
+        # client that decode every body with the general orjson path (TAILSEG_FAST_JSON=0).
+        os.environ["TAILSEG_FAST_JSON"] = "0"
+        try:
+            general_server = launch_server(["--model-base-path", base, "--max-request-bytes",
+                                            str(2**28)], Path(workdir) / "server-general-json")
+        finally:
+            del os.environ["TAILSEG_FAST_JSON"]
+        with general_server as general, \
+                launch_server(["--model-base-path", base, "--max-request-bytes", str(2**28)],
+                              Path(workdir) / "server") as server:
             makers = {"in_process_tf": lambda: tf_predictor,
                       "grpc": lambda: GrpcClient(server.grpc_target).predict,
                       "rest": lambda: RestClient(server.rest_url).predict}
             results["batch1_interleaved"] = paired(
-                {name: make() for name, make in makers.items()}, chips, args.requests)
+                {**{name: make() for name, make in makers.items()},
+                 "rest_general_json": general_json(RestClient(general.rest_url).predict)},
+                chips, args.requests)
             print(json.dumps(results["batch1_interleaved"]), flush=True)
+            interleaved = results["batch1_interleaved"]
+            results["rest_fast_json"] = {
+                "rest_over_grpc_p50_fast_json": round(
+                    interleaved["rest"]["p50_ms"] / interleaved["grpc"]["p50_ms"], 2),
+                "rest_over_grpc_p50_general_json": round(
+                    interleaved["rest_general_json"]["p50_ms"] / interleaved["grpc"]["p50_ms"], 2)}
+            print(json.dumps(results["rest_fast_json"]), flush=True)
+            general.stop()
             for clients in args.clients:
                 for name, make in makers.items():
                     row = {"path": name, **measure(make, chips, args.requests, clients)}

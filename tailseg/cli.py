@@ -280,7 +280,6 @@ def _predict_config(args):
     from pydantic import ValidationError
 
     from tailseg.config import PredictConfig
-
     from tailseg.raster import parse_bands
 
     given = {"min_area_ha": args.min_area_ha} if args.min_area_ha is not None else {}

@@ -128,7 +128,9 @@ def test_bad_models_config_names_the_file(tmp_path):
 def test_serving_the_models_config_answers_by_label(exports, samples, tmp_path):
     export_dir, first, second = exports
     config = export_dir / "serving" / "models.config"
-    with launch_server(["--model-config-file", str(config)], tmp_path) as server:
+    # As tensorflow_model_server, labels in the file at start-up need the flag.
+    with launch_server(["--model-config-file", str(config),
+                        "--allow_version_labels_for_unavailable_models=true"], tmp_path) as server:
         for label, export in (("stable", first), ("canary", second)):
             expected = load_tf(export["saved_model"])(samples)
             client = GrpcClient(server.grpc_target, "tailseg", label=label)

@@ -50,7 +50,7 @@ def assign_version_labels(sources: Iterable[ModelSource], available: Mapping[str
             before = current.get(source.name, {}).get(label)
             moved = before is not None and before != version
             allowed = allow_unavailable and not moved
-            if False and not allowed and version not in available.get(source.name, set()):
+            if not allowed and version not in available.get(source.name, set()):
                 raise VersionLabelError(
                     f"{origin}: model {source.name!r}: label {label!r} points to version "
                     f"{version}, which is not AVAILABLE (TF Serving: FAILED_PRECONDITION: Request "
