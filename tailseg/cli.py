@@ -338,9 +338,9 @@ def _change(args) -> int:
                 raise TailsegError(f"{path}: a scene needs --model to be predicted first")
             from tailseg.predict import run_prediction
 
-            result = run_prediction(path, args.model, out / key, args.backend,
-                                    _predict_config(args))
-            path = Path(result.outputs["tailings"])
+            config = _predict_config(args).model_copy(update={"vector_format": "geojson"})
+            result = run_prediction(path, args.model, out / key, args.backend, config)
+            path = Path(result.outputs["tailings"])  # change compares GeoJSONs
         sites[key] = path
     name = f"{Path(args.before).stem}_to_{Path(args.after).stem}_change.geojson"
     given = {"min_area_ha": args.min_area_ha} if args.min_area_ha is not None else {}
@@ -654,8 +654,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:  # SIGINT, or SIGTERM during prediction
         number = getattr(interrupt, "signal", signal.SIGINT)
-        print(f"tailseg {args.command}: interrupted by {signal.Signals(number).name}; "
-              "temporary files removed, existing outputs kept", file=sys.stderr)
+        kept = ("; temporary files removed, existing outputs kept"
+                if args.command in ("predict", "change") else "")
+        print(f"tailseg {args.command}: interrupted by {signal.Signals(number).name}{kept}",
+              file=sys.stderr)
         return 128 + number
 
 

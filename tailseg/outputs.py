@@ -39,8 +39,15 @@ def scratch_path(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / f"{SCRATCH_PREFIX}{os.getpid()}-{name}"
 
 
+# Scratch names of tailseg before issue 14: .<stem>_<key>.strips-<pid>.tif, .<name>.tmp-<pid>.
+LEGACY_PATTERNS = (".*.strips-*.tif", ".*.tmp-*")
+
+
 def _owner(path: Path) -> int | None:
-    pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+    if path.name.startswith(SCRATCH_PREFIX):
+        pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+    else:
+        pid = path.name.removesuffix(".tif").rsplit("-", 1)[-1]
     return int(pid) if pid.isdigit() else None
 
 
@@ -58,8 +65,9 @@ def _alive(pid: int) -> bool:
 
 def remove_leftovers(out_dir: Path) -> list[Path]:
     """Finish interrupted swaps and delete the scratch files of processes that are gone."""
-    leftovers = [p for p in Path(out_dir).glob(f"{SCRATCH_PREFIX}*")
-                 if (pid := _owner(p)) is not None and not _alive(pid)]
+    candidates = {p for pattern in (f"{SCRATCH_PREFIX}*", *LEGACY_PATTERNS)
+                  for p in Path(out_dir).glob(pattern)}
+    leftovers = sorted(p for p in candidates if (pid := _owner(p)) is not None and not _alive(pid))
     for journal in [p for p in leftovers if p.name.endswith(f"-{JOURNAL}")]:
         logger.warning("%s: completing the output swap of a run that was stopped", journal)
         _roll_forward(journal)
@@ -109,11 +117,11 @@ def swap_into_place(staged: dict[str, Path], finals: dict[str, Path]) -> None:
     pairs = [(str(staged[key]), str(final), str(scratch_path(out_dir, f"old-{final.name}")))
              for key, final in finals.items()]
     journal = scratch_path(out_dir, JOURNAL)
-    with open(journal, "w") as handle:
-        json.dump(pairs, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
     try:
+        with open(journal, "w") as handle:
+            json.dump(pairs, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         for _, final, backup in pairs:
             if os.path.exists(final):
                 os.replace(final, backup)
@@ -128,7 +136,7 @@ def swap_into_place(staged: dict[str, Path], finals: dict[str, Path]) -> None:
     journal.unlink()
 
 
-def _roll_back(pairs: list[list[str]]) -> None:
+def _roll_back(pairs: list[tuple[str, str, str]]) -> None:
     for new, final, backup in reversed(pairs):
         if os.path.exists(backup):
             os.replace(backup, final)
@@ -137,7 +145,12 @@ def _roll_back(pairs: list[list[str]]) -> None:
 
 
 def _roll_forward(journal: Path) -> None:
-    for new, final, backup in json.loads(journal.read_text()):
+    try:
+        pairs = json.loads(journal.read_text())
+    except ValueError:  # cut short while being written: no rename had started
+        journal.unlink()
+        return
+    for new, final, backup in pairs:
         if os.path.exists(new):
             os.replace(new, final)
         Path(backup).unlink(missing_ok=True)

@@ -28,7 +28,13 @@ from rasterio.windows import Window
 
 import tailseg
 from tailseg.config import PredictConfig
-from tailseg.errors import ConfigError, CRSMissingError, ModelFormatError, RasterReadError
+from tailseg.errors import (
+    ConfigError,
+    CRSMissingError,
+    ModelFormatError,
+    RasterReadError,
+    TailsegError,
+)
 from tailseg.geopackage import write_geopackage
 from tailseg.outputs import (
     check_existing,
@@ -283,14 +289,18 @@ def predict_scene(input_path: str | Path, predictor, out_dir: str | Path,
                                     staged, provenance)
             swap_into_place(staged, finals)
         except OSError as error:
-            if isinstance(error, RasterReadError):
+            if isinstance(error, TailsegError):  # e.g. RasterReadError: already clear
                 raise
             raise guard_os_errors(out_dir, error) from error
     n_sites, area, n_windows, valid_pixels, timings = result
     warnings = []
-    if evidence is None or valid_pixels == 0:
+    if valid_pixels == 0:
         warnings.append(f"{input_path}: every pixel is nodata; the outputs hold no data")
-        logger.warning(warnings[-1])
+    elif evidence is None:
+        warnings.append(f"{input_path}: too few valid pixels to check the radiometry; "
+                        f"convention '{convention}' was assumed")
+    for warning in warnings:
+        logger.warning(warning)
     return SceneResult(outputs={k: str(p) for k, p in finals.items()}, n_sites=n_sites,
                        total_area_ha=area, threshold=threshold, height=dataset.height,
                        width=dataset.width, n_windows=n_windows,

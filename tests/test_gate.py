@@ -86,3 +86,12 @@ def test_a_value_exactly_at_a_threshold_passes():
     config = GateConfig(min_iou=0.1, max_regression=0.25, min_improvement=0.25)
     assert decide(exact, config, _versus(0.5, 0.25)).blessed
     assert decide(exact, GateConfig(min_iou=0.1, max_regression=0.25), _versus(0.25, 0.5)).blessed
+
+
+def test_absolute_thresholds_still_apply_next_to_the_production_comparison():
+    decision = decide(METRICS, GateConfig(min_iou=0.9), _versus(0.5, 0.4))
+    assert not decision.blessed and decision.reasons == ["failed: iou >= 0.9 (value 0.5000)"]
+    assert [c["check"] for c in decision.checks] == [
+        "iou >= 0.9", "f1 >= 0.0", "recall >= 0.0",
+        "iou - production iou >= -0.02 on 3 test chips neither model trained on"]
+    assert [c["passed"] for c in decision.checks] == [False, True, True, True]

@@ -64,3 +64,9 @@ def test_compile_model_uses_the_configured_loss(name):
 def test_unknown_loss_is_an_error():
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         get_loss("hinge")  # type: ignore[arg-type]
+
+
+def test_tversky_uses_both_configured_weights():
+    # alpha 0.7 on the 0.4 false positives, beta 0.9 on the 0.6 false negatives.
+    expected = 1 - (1.4 + 1) / (1.4 + 0.7 * 0.4 + 0.9 * 0.6 + 1)
+    assert _value(get_loss("tversky", 0.7, 0.9)) == pytest.approx(expected, rel=1e-5)

@@ -63,3 +63,8 @@ def test_valid_mask_excludes_pixels_and_shapes_must_match():
 
 def test_counts_add_up_every_field():
     assert Counts(1, 2, 3, 4) + Counts(10, 20, 30, 40) == Counts(11, 22, 33, 44)
+
+
+def test_no_pixels_at_all_is_perfect_agreement():
+    assert scores(Counts()) == {"iou": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0,
+                                "accuracy": 1.0}

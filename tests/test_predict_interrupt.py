@@ -180,3 +180,30 @@ def test_overwrite_crashing_between_renames_is_completed_by_the_next_run(red_mod
     predict_scene(dn_scene(tmp_path / "other.tif", False), red_model, out, CONFIG)
     assert _scratch(out) == []
     assert _threshold_of_outputs(out) == {"0.6"}
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
+def test_leftovers_of_dead_runs_are_removed_and_those_of_live_runs_kept(red_model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _dead_pid()
+    stale = [out / f"{SCRATCH_PREFIX}{dead}-scene_probability.strips.tif",
+             out / f".scene_probability.strips-{dead}.tif",  # names before issue 14
+             out / f".scene_mask.tif.tmp-{dead}"]
+    live = out / f"{SCRATCH_PREFIX}1-scene_mask.strips.tif"  # pid 1 is always running
+    for path in (*stale, live):
+        path.write_bytes(b"x" * 1000)
+    predict_scene(dn_scene(tmp_path / "scene.tif", False), red_model, out, CONFIG)
+    assert not any(path.exists() for path in stale)
+    assert live.exists()

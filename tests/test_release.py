@@ -97,7 +97,8 @@ def test_a_threshold_at_the_end_of_the_sweep_is_kept_and_warned_about(caplog):
     rising = [{"threshold": t, "iou": t} for t in (0.5, 0.95, 0.99)]
     with caplog.at_level("WARNING", logger="tailseg.evaluate"):
         assert best_threshold(rising) == 0.99
-    assert "at the end of the sweep 0.50-0.99" in caplog.text
+    assert ("threshold 0.99 is at the end of the sweep 0.50-0.99: the best iou may lie beyond "
+            "it; extend evaluation.sweep") in caplog.text
     caplog.clear()
     peaked = [{"threshold": t, "iou": 1 - abs(t - 0.95)} for t in (0.5, 0.95, 0.99)]
     with caplog.at_level("WARNING", logger="tailseg.evaluate"):
@@ -128,3 +129,18 @@ def test_a_probability_exactly_at_the_threshold_is_tailings():
         "tp": 1, "fp": 0, "fn": 0, "tn": 1}
     rows = threshold_sweep([chip], [probability], [0.5, 0.25])
     assert [(row["threshold"], row["precision"]) for row in rows] == [(0.25, 0.5), (0.5, 1.0)]
+    row = evaluate_probabilities([chip], [probability], 0.25)["per_chip"][0]
+    assert row["tailings_fraction"] == 0.5 and row["predicted_fraction"] == 1.0
+    assert evaluate_probabilities([chip], [probability])["threshold"] == 0.5
+    for scorer in (evaluate_probabilities, lambda c, p: threshold_sweep(c, p, [0.5])):
+        with pytest.raises(ValueError, match="zip"):
+            scorer([chip, chip], [probability])
+
+
+def test_only_the_lowest_and_highest_of_several_thresholds_are_sweep_ends():
+    from tailseg.evaluate import at_sweep_end
+
+    two = [{"threshold": 0.5}, {"threshold": 0.9}]
+    assert at_sweep_end(0.9, two) and at_sweep_end(0.5, two)
+    assert not at_sweep_end(0.5, [{"threshold": 0.5}])
+    assert not at_sweep_end(0.7, [{"threshold": t} for t in (0.5, 0.7, 0.9)])

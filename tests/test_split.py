@@ -88,6 +88,9 @@ def test_record_says_how_it_was_made():
     assert METHOD.startswith("sha256(seed:chip_id)")
     with pytest.raises(SplitError, match="^data/x: "):
         split_record(IDS[:1], DataConfig(), source="data/x")
+    for split in (split_ids, split_record):
+        with pytest.raises(SplitError, match="^dataset: the split of 1 chips"):
+            split(IDS[:1], DataConfig())
 
 
 def test_cli_split_of_bundled_data_plus_five_new_chips_keeps_every_chip(bundled_data, tmp_path,
