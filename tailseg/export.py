@@ -41,9 +41,13 @@ def serving_function(model: keras.Model, multiple: int) -> tf.types.experimental
         # Non-negative operands only: tf2onnx maps FloorMod of negatives wrongly.
         pad_h = (multiple - height % multiple) % multiple
         pad_w = (multiple - width % multiple) % multiple
-        # Pad with each image's band means, which the normalisation maps to about zero.
+        # Pad with each image's band means, which the normalisation maps to about zero. The
+        # image's own pixels pass through bit for bit (x + 0 * mean), so a window's output never
+        # depends on its mean at rounding level.
+        paddings = [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]
         mean = tf.reduce_mean(image, axis=[1, 2], keepdims=True)
-        padded = tf.pad(image - mean, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]) + mean
+        outside = tf.pad(tf.zeros_like(image[..., :1]), paddings, constant_values=1.0)
+        padded = tf.pad(image, paddings) + outside * mean
         probability = model(padded, training=False)[:, :height, :width, :]
         return {OUTPUT_NAME: tf.identity(probability, name=OUTPUT_NAME)}
 

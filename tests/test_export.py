@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow import keras
 
 from tailseg.backends import load_predictor, resolve_saved_model
 from tailseg.config import ModelConfig
 from tailseg.errors import ModelFormatError
-from tailseg.export import export_model, staged_directory
+from tailseg.export import export_model, serving_function, staged_directory
 from tailseg.model import build_unet
 
 
@@ -81,3 +82,22 @@ def test_unknown_model_paths_are_named(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ModelFormatError, match="bad.onnx"):
         load_predictor(bad)
+
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 45)])
+def test_serving_function_passes_pixels_through_and_pads_with_the_mean(size):
+    # An identity "model" shows what the network gets: the image's own pixels bit for bit (a
+    # window's output must not depend on its mean at rounding level, or predict shows seams).
+    inputs = keras.Input((None, None, 3))
+    identity = keras.Model(inputs, keras.layers.Identity()(inputs))
+    image = np.random.default_rng(3).uniform(0.01, 0.4, (1, *size, 3)).astype(np.float32)
+    out = serving_function(identity, multiple=16)(tf.constant(image))["probability"].numpy()
+    np.testing.assert_array_equal(out, image)
+
+    # A model that subtracts the window's mean sees the image's own mean only when the padding
+    # (2 rows and 3 columns for 30 x 45) holds each band's mean.
+    centred = keras.Model(inputs, keras.layers.Lambda(
+        lambda x: x - keras.ops.mean(x, axis=(1, 2), keepdims=True))(inputs))
+    out = serving_function(centred, multiple=16)(tf.constant(image))["probability"].numpy()
+    np.testing.assert_allclose(out, image - image.mean(axis=(1, 2), keepdims=True), atol=2e-6)
