@@ -150,8 +150,11 @@ def merge_run_configs(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str
     for key, value in overlay.items():
         if value is None:
             merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_run_configs(merged[key], value)
+        elif isinstance(value, dict):
+            # Merged into {} when the base lacks the mapping, so the overlay's nulls never reach
+            # ZenML as values (a null deletes, wherever it sits).
+            below = merged.get(key)
+            merged[key] = merge_run_configs(below if isinstance(below, dict) else {}, value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged

@@ -593,7 +593,7 @@ def test_side_effect_steps_never_come_from_the_cache_whatever_the_run_config_say
 
     effective = effective_configuration(ROOT / "zenml.yaml")
     asked = {**effective, "enable_cache": True,
-             "steps": {**effective["steps"], "model_exporter": {"enable_cache": True}}}
+             "steps": {**effective.get("steps", {}), "model_exporter": {"enable_cache": True}}}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(never_cache_side_effects(training, asked)))
     pipeline = training.with_options(config_path=str(path))
@@ -766,3 +766,14 @@ def test_every_command_of_the_walk_through_exists():
                 import tomllib
                 project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
                 assert extra in project["optional-dependencies"]
+
+
+def test_overlay_nulls_delete_and_never_reach_zenml_as_values():
+    base = {"steps": {"model_trainer": {"settings": {"resources": {"cpu_count": 2}}}},
+            "enable_cache": False}
+    overlay = {"enable_cache": None,
+               "steps": {"model_trainer": {"settings": {"resources": None, "docker": {"x": 1}}},
+                         "model_gate": {"settings": {"resources": None}, "enable_cache": False}}}
+    merged = merge_run_configs(base, overlay)
+    assert merged == {"steps": {"model_trainer": {"settings": {"docker": {"x": 1}}},
+                                "model_gate": {"settings": {}, "enable_cache": False}}}
