@@ -47,7 +47,10 @@ OWN_LOGGERS = ("tailseg", "pipelines", "steps", "__main__")
 ZENML_STAGE_LOGGERS = ("zenml.orchestrators.step_launcher", "zenml.orchestrators.local")
 # Warnings ZenML prints for situations that are expected on a fresh clone.
 EXPECTED_WARNINGS = [("zenml.zen_stores.base_zen_store",
-                      "Setting the global active stack to default")]
+                      "Setting the global active stack to default"),
+                     # On a fresh font cache matplotlib may miss a font a figure names and use
+                     # DejaVu Sans instead: a harmless look-up, not about the user's run.
+                     ("matplotlib.font_manager", "findfont: Font family")]
 
 
 def nvidia_driver_present() -> bool:

@@ -145,3 +145,20 @@ def test_verbosity_chooses_what_the_console_shows(verbosity, shown, capsys):
     assert [line for line in ("tailseg debug", "tailseg info", "library info", "a warning")
             if line in err] == shown
     assert re.search(r"^\d\d:\d\d:\d\d WARNING .*a warning$", err, re.MULTILINE)
+
+
+def test_expected_warnings_are_hidden_and_others_shown(capsys):
+    root = logging.getLogger()
+    level = root.level
+    handler = runtime.configure_console("normal")
+    try:
+        fonts = logging.getLogger("matplotlib.font_manager")
+        fonts.warning("findfont: Font family ['STIXGeneral'] not found. Falling back to "
+                      "DejaVu Sans.")
+        fonts.warning("a font file is unreadable")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "findfont" not in err
+    assert "a font file is unreadable" in err
