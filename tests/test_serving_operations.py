@@ -311,6 +311,10 @@ def test_requests_beyond_the_pixel_budget_are_refused_not_queued(limited_server)
     assert sample(rejected, "tailseg_serving_admission_rejected_total", reason="too_large") == 1
 
 
+# Timing-dependent: the small request must still be waiting when its deadline passes or it is
+# cancelled, which needs the large request to outlast a few scrapes. Slow-marked so a fast CPU
+# cannot turn a default run red; run it with `make test-slow`.
+@pytest.mark.slow
 def test_grpc_deadline_and_cancellation_stop_queued_work(limited_server):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(
         grpc.insecure_channel(limited_server.grpc_target,
@@ -333,7 +337,12 @@ def test_grpc_deadline_and_cancellation_stop_queued_work(limited_server):
             assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         else:
             waiting = stub.Predict.future(small, timeout=60)
-            time.sleep(0.1)
+            # Cancel as soon as the server has queued it, while the large one still runs.
+            polls = 0
+            while sample(scrape(limited_server.rest_url), "tailseg_serving_queued_requests") != 1:
+                polls += 1
+                assert polls < 2000 and not waiting.done(), "the small request was never queued"
+                time.sleep(0.002)
             waiting.cancel()
         running.result()
     # The server gave both up while they waited instead of running them after the client left.
