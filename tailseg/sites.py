@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pyproj import CRS, Geod, Transformer
+import shapely
+from pyproj import CRS, Transformer
 from scipy import ndimage
 
 from tailseg.dataset import Chip
 from tailseg.raster import open_raster
+from tailseg.vectorize import SQUARE_METRES_PER_HECTARE, geodesic_area_ha
 
-GEOD = Geod(ellps="WGS84")
 SQUARE_METRES_PER_KM2 = 1e6
 MIN_IOU = 0.1
 FOUND_RULE = (f"a labelled site is found when the predicted sites touching it together overlap "
@@ -45,8 +46,7 @@ _STRUCTURE = {4: ndimage.generate_binary_structure(2, 1),
 
 
 def _cell_area_m2(corners_lonlat: list[tuple[float, float]]) -> float:
-    lons, lats = zip(*corners_lonlat, strict=True)
-    return abs(GEOD.polygon_area_perimeter(lons, lats)[0])
+    return geodesic_area_ha(shapely.Polygon(corners_lonlat)) * SQUARE_METRES_PER_HECTARE
 
 
 def row_pixel_areas(transform, crs, height: int) -> np.ndarray:
