@@ -171,9 +171,9 @@ def parse_predict_response_body(body: bytes) -> np.ndarray:
     Raises:
         ServingRequestError: the body is not JSON.
     """
-    if (fast := decode_numeric_body(body, ("outputs", "predictions"))) is not None:
-        return fast[1].astype(np.float32)
     with gc_paused():
+        if (fast := decode_numeric_body(body, ("outputs", "predictions"))) is not None:
+            return fast[1].astype(np.float32)
         try:
             payload = orjson.loads(body)
         except json.JSONDecodeError as error:
