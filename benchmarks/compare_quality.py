@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "tversky_0.7": {"loss": "tversky", "tversky_alpha": 0.7, "tversky_beta": 0.3},
     "focal_dice": {"loss": "focal_dice"},
+    "bce_lovasz": {"loss": "bce_lovasz"},
+    "crop_384": {"crop_size": 384},
 }
 SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 

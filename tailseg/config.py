@@ -15,7 +15,8 @@ from tailseg.constants import MIN_SITE_AREA_HA, Convention
 from tailseg.errors import ConfigError
 from tailseg.validation.config import ValidationConfig
 
-LossName = Literal["bce", "dice", "bce_dice", "focal", "focal_dice", "tversky"]
+LossName = Literal["bce", "dice", "bce_dice", "focal", "focal_dice", "tversky", "lovasz",
+                   "bce_lovasz"]
 
 
 class Strict(BaseModel):
