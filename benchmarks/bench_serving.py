@@ -2,9 +2,12 @@
 gRPC and over REST (several concurrent clients) against `tailseg serve` in the same run, plus
 TF vs ONNX Runtime throughput on the same real chips, REST with and without the garbage
 collector paused around JSON (a second server with TAILSEG_GC_PAUSE=0, client likewise), and
-the server's peak memory under concurrent large requests bounded by the pixel budget.
+the server's peak memory under concurrent large requests bounded by the pixel budget, and
+gRPC throughput with 4 concurrent clients against servers with request batching off and on
+(--enable_batching with infra's batching.config), written under "batching".
 
 Run: .venv/bin/python benchmarks/bench_serving.py [--requests 24] [--clients 1 4]
+     [--only-batching] (the batching section alone, merged into an existing --out file)
 Writes benchmarks/results/serving.json. The model is the "cpu" preset U-Net, untrained (the
 weights do not change the cost), exported with export_for_serving (parity + infra checks).
 """
@@ -18,6 +21,7 @@ import platform
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -31,6 +35,8 @@ from tailseg.model import build_unet
 from tailseg.serving.client import GrpcClient, RestClient
 from tailseg.serving.package import export_for_serving
 from tailseg.serving.process import launch_server
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def real_chips(data_dir: str, count: int) -> np.ndarray:
@@ -144,6 +150,62 @@ def paired(predicts: dict[str, Callable], chips: np.ndarray, requests: int) -> d
             for name, values in times.items()}
 
 
+BATCHING_CONFIG = Path(__file__).resolve().parents[1] / "infra/k8s/base/config/batching.config"
+
+
+def batched_model_calls(rest_url: str) -> tuple[float, float]:
+    """(batched model calls, images in them) from the server's Prometheus metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(rest_url + METRICS_PATH, timeout=30) as response:
+        text = response.read().decode()
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples}
+    prefix = ":tensorflow:serving:batching_session:"
+    return (values.get(prefix + "wrapped_run_count_total", 0.0),
+            values.get(prefix + "processed_batch_size_sum", 0.0))
+
+
+def batching(base: str, workdir: Path, chips: np.ndarray, requests: int,
+             clients: int = 4) -> dict:
+    """gRPC throughput and latency of `clients` concurrent batch-1 clients against a server
+    with batching off and one with --enable_batching and the production batching.config, in
+    the same run (off, on, off, on: each mode measured twice, the rows averaged in "summary")."""
+    monitoring = workdir / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
+    common = ["--model-base-path", base, "--max-request-bytes", str(2**28),
+              f"--monitoring_config_file={monitoring}"]
+    modes = {"off": [], "on": ["--enable_batching=true",
+                               f"--batching_parameters_file={BATCHING_CONFIG}"]}
+    rows = []
+    with launch_server(common + modes["off"], workdir / "batching-off") as off, \
+            launch_server(common + modes["on"], workdir / "batching-on") as on:
+        for _ in range(2):
+            for mode, server in (("off", off), ("on", on)):
+                calls_before, images_before = batched_model_calls(server.rest_url)
+                row = {"batching": mode,
+                       **measure(lambda s=server: GrpcClient(s.grpc_target).predict, chips,
+                                 requests, clients)}
+                calls, images = batched_model_calls(server.rest_url)
+                if mode == "on":  # less measure()'s warm-up: one lone call per client
+                    calls, images = calls - calls_before - clients, images - images_before - clients
+                    row["batched_model_calls"] = int(calls)
+                    row["mean_images_per_call"] = round(images / max(calls, 1), 2)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    summary = {}
+    for mode in modes:
+        mine = [row for row in rows if row["batching"] == mode]
+        summary[mode] = {key: round(float(np.mean([row[key] for row in mine])), 2)
+                         for key in ("images_per_s", "p50_ms", "p99_ms")}
+    summary["throughput_on_over_off"] = round(
+        summary["on"]["images_per_s"] / summary["off"]["images_per_s"], 3)
+    return {"clients": clients, "requests_per_run": requests, "path": "grpc",
+            "batching_parameters": [line for line in BATCHING_CONFIG.read_text().splitlines()
+                                    if line and not line.startswith("#")],
+            "runs": rows, "summary": summary}
+
+
 def general_json(predict: Callable) -> Callable:
     """predict with the client's fast JSON path off (TAILSEG_FAST_JSON=0 is read per call)."""
     def call(images: np.ndarray) -> np.ndarray:
@@ -167,7 +229,15 @@ def main() -> None:
                         help="Chip side of the bounded-memory load (0 skips it)")
     parser.add_argument("--load-clients", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/serving.json")
+    parser.add_argument("--batching-clients", type=int, default=4,
+                        help="Concurrent gRPC clients of the batching off/on section")
+    parser.add_argument("--only-batching", action="store_true",
+                        help="Run only the batching section; its result replaces the "
+                             "\"batching\" entry of --out (kept otherwise)")
     args = parser.parse_args()
+    if args.only_batching:
+        only_batching(args)
+        return
 
     chips = real_chips(args.data, args.chips)
     model = build_unet(MODEL_PRESETS[args.preset], np.full(3, .1), np.full(3, .05))
@@ -244,6 +314,9 @@ def main() -> None:
         results["latency"] = rows
         results["grpc_overhead_batch1"] = \
             results["batch1_interleaved"]["grpc"]["overhead_vs_in_process"]
+        results["batching"] = batching(base, Path(workdir), chips, args.requests,
+                                       args.batching_clients)
+        print(json.dumps(results["batching"]["summary"]), flush=True)
         results["tf_vs_onnx"] = [
             {"runtime": name, **measure(lambda p=predictor: p, chips, args.requests, 1)}
             for name, predictor in (("tensorflow", tf_predictor), ("onnxruntime",
@@ -251,6 +324,25 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def only_batching(args) -> None:
+    """The batching section alone, merged into an existing results file."""
+    chips = real_chips(args.data, args.chips)
+    model = build_unet(MODEL_PRESETS[args.preset], np.full(3, .1), np.full(3, .05))
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    with tempfile.TemporaryDirectory() as workdir:
+        export = export_for_serving(model, Path(workdir) / "exports", "tailseg",
+                                    MODEL_PRESETS[args.preset].multiple, chips[:3])
+        base = str(Path(export["saved_model"]).parent)
+        results["batching"] = {"date": date.today().isoformat(), "cpu": cpu(),
+                               "preset": args.preset,
+                               **batching(base, Path(workdir), chips, args.requests,
+                                          args.batching_clients)}
+    print(json.dumps(results["batching"], indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,10 +38,11 @@ wait_for = operations.wait_for
 
 FLAG = "--allow_version_labels_for_unavailable_models"
 # tensorflow_model_server flags in the production Deployment that `tailseg serve` refuses
-# (docs/serving.md, "Known limits"); ports are replaced by free ones.
-TF_SERVING_ONLY = {"--enable_batching", "--batching_parameters_file", "--enable_model_warmup",
-                   "--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism",
-                   "--port", "--rest_api_port"}
+# (docs/serving.md, "Known limits"); ports are replaced by free ones. --enable_batching and
+# --batching_parameters_file are kept: `tailseg serve` implements them (docs/serving.md,
+# "Batching"), so the production batching.config must parse.
+TF_SERVING_ONLY = {"--enable_model_warmup", "--tensorflow_intra_op_parallelism",
+                   "--tensorflow_inter_op_parallelism", "--port", "--rest_api_port"}
 
 
 def models_dir(tmp_path: Path, version_dir: Path, *versions: int) -> Path:
@@ -222,7 +223,8 @@ def _production_args(tmp_path: Path, version_dir: Path, with_flag: bool) -> list
         shutil.copytree(version_dir, local / "1")
         model.base_path = str(local)
     files = {"/etc/tfserving/models.config": text_format.MessageToString(config),
-             "/etc/tfserving/monitoring.config": data["monitoring.config"]}
+             "/etc/tfserving/monitoring.config": data["monitoring.config"],
+             "/etc/tfserving/batching.config": data["batching.config"]}
     args = []
     for arg in container["args"]:
         flag, _, value = arg.partition("=")

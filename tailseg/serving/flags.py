@@ -60,6 +60,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Let models.config assign labels new to the server to versions "
                              "not yet AVAILABLE (needed for labels at start-up; default: "
                              "%(default)s)")
+    parser.add_argument("--enable_batching", type=_tf_bool, nargs="?", const=True,
+                        default=False, metavar="true|false",
+                        help="Merge concurrent predict requests of the same model version and "
+                             "image shape into one model call (default: %(default)s)")
+    parser.add_argument("--batching_parameters_file", default=None,
+                        help="BatchingParameters text proto (max_batch_size, "
+                             "batch_timeout_micros, max_enqueued_batches, num_batch_threads, "
+                             "allowed_batch_sizes); needs --enable_batching (default: TF "
+                             "Serving's defaults)")
     parser.add_argument("--max_request_bytes", "--max-request-bytes", dest="max_request_bytes",
                         type=int, default=64 * 2**20,
                         help="Largest REST body (default: %(default)s; tailseg)")
@@ -106,6 +115,8 @@ def serve_config_kwargs(args: argparse.Namespace) -> dict:
         "rest_max_connections": args.rest_api_num_threads,
         "allow_version_labels_for_unavailable_models":
             args.allow_version_labels_for_unavailable_models,
+        "enable_batching": args.enable_batching,
+        "batching_parameters_file": args.batching_parameters_file,
     }
     return {key: value for key, value in kwargs.items()
             if value is not None or key in ("model_base_path", "model_config_file",

@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
 
 from tailseg.errors import ConfigError, ServingRequestError
 from tailseg.export import OUTPUT_NAME, SIGNATURE
+from tailseg.serving.batching import Batcher
 from tailseg.serving.labels import VersionLabelError
 from tailseg.serving.limits import Admission, check_alive
 from tailseg.serving.metrics import ServingMetrics
@@ -44,11 +45,25 @@ class ServingRuntime:
     registry: ModelRegistry
     admission: Admission | None = None
     metrics: ServingMetrics | None = None
+    batcher: Batcher | None = None  # --enable_batching (see tailseg.serving.batching)
 
     def predict(self, loaded: LoadedVersion, images: np.ndarray, deadline: float | None = None,
                 alive: Callable[[], bool] | None = None) -> np.ndarray:
-        """Wait for room in the pixel budget, then run the model (checked images only)."""
+        """Run the model on checked images: batched with concurrent requests when batching is
+        on (the batch is admitted as a whole), else alone once the pixel budget has room.
+
+        A request larger than the whole budget skips the batch queue and is refused at once."""
         check_alive(deadline, alive)
+        too_large = self.admission is not None and \
+            int(np.prod(images.shape[:3])) > self.admission.max_pixels
+        if self.batcher is not None and not too_large:
+            return self.batcher.predict(loaded, images, deadline, alive)
+        return self.run_unbatched(loaded, images, deadline, alive)
+
+    def run_unbatched(self, loaded: LoadedVersion, images: np.ndarray,
+                      deadline: float | None = None,
+                      alive: Callable[[], bool] | None = None) -> np.ndarray:
+        """Wait for room in the pixel budget, then run the model on these images."""
         if self.admission is None:
             return loaded.predict(images, deadline, alive)
         with self.admission.admit(int(np.prod(images.shape[:3])), deadline, alive):

@@ -13,7 +13,13 @@ Metric names (prometheus_client appends `_total` to counters):
 - `:tensorflow:cc:saved_model:load_attempt_count{model_path,status}` (TF's),
 - `tailseg_serving_model_version_state{model_name,version,state}` (1 for the current state),
 - `tailseg_serving_admission_rejected{reason}`, `tailseg_serving_pixels_in_flight`,
-  `tailseg_serving_queued_requests` (tailseg's admission control).
+  `tailseg_serving_queued_requests` (tailseg's admission control; reason `batch_queue_full`
+  counts requests refused by a full batching queue),
+- with --enable_batching, TF Serving's batching_session metrics (servables/tensorflow/
+  batching_session.cc): `:tensorflow:serving:batching_session:wrapped_run_count` (batched model
+  calls), `:tensorflow:serving:batching_session:queuing_latency{thread_pool_name}` (histogram,
+  microseconds) and `:tensorflow:serving:batching_session:processed_batch_size{model_name}`
+  (histogram of images per model call, padding included).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from tailseg.errors import ConfigError
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 # TF Serving's request_latency buckets: 10 us * 1.8^i, 33 buckets (up to ~2.3 hours).
 LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
+# batching_session.cc's queuing_latency buckets: 100 us * 1.2^i, 52 buckets (~1 second).
+QUEUING_BUCKETS_US = tuple(100 * 1.2**i for i in range(52))
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256, 512, 1024)
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,24 @@ class ServingMetrics:
         self.rejected = Counter(
             "tailseg_serving_admission_rejected", "Requests refused by admission control.",
             ["reason"], registry=self.registry)
+        self.batch_runs = Counter(
+            ":tensorflow:serving:batching_session:wrapped_run_count",
+            "Total count of run calls on the wrapped session", registry=self.registry)
+        self.batch_queuing = Histogram(
+            ":tensorflow:serving:batching_session:queuing_latency",
+            "Distribution of wall time spent (in microseconds) in queuing",
+            ["thread_pool_name"], buckets=QUEUING_BUCKETS_US, registry=self.registry)
+        self.batch_size = Histogram(
+            ":tensorflow:serving:batching_session:processed_batch_size",
+            "Images per batched model call, padding included",
+            ["model_name"], buckets=BATCH_SIZE_BUCKETS, registry=self.registry)
+
+    def observe_batch(self, thread_pool_name: str, model_name: str, images: int,
+                      queued_seconds: list[float]) -> None:
+        self.batch_runs.inc()
+        self.batch_size.labels(model_name).observe(images)
+        for seconds in queued_seconds:
+            self.batch_queuing.labels(thread_pool_name).observe(seconds * 1e6)
 
     def watch(self, model_registry, admission=None) -> None:
         self.registry.register(_StateCollector(model_registry, admission))

@@ -4,7 +4,8 @@ Loads a TF Serving model base path (or the models listed in a models.config), se
 Serving's REST and gRPC APIs, picks up new version directories while running (retrying failed
 loads, never unloading the serving version for a broken one), binds to 127.0.0.1 unless told
 otherwise, and bounds its resources: REST connections, timeouts and body sizes, image pixels in
-flight with a bounded queue. Prometheus metrics when a monitoring config enables them.
+flight with a bounded queue. Optional request batching (--enable_batching, off by default;
+tailseg.serving.batching). Prometheus metrics when a monitoring config enables them.
 Readiness: GET /readyz, the model status APIs, and one JSON line {"ready": true, ...} on stdout
 once every model has a version.
 """
@@ -60,11 +61,17 @@ class ServeConfig(Strict):
     max_queued_requests: int = Field(32, ge=0)
     monitoring_config_file: str | None = None
     allow_version_labels_for_unavailable_models: bool = False
+    enable_batching: bool = False
+    batching_parameters_file: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ServeConfig:
         if (self.model_base_path is None) == (self.model_config_file is None):
             raise ValueError("give exactly one of model_base_path or model_config_file")
+        if self.batching_parameters_file is not None and not self.enable_batching:
+            # model_servers/server.cc refuses this combination the same way.
+            raise ValueError("batching_parameters_file is set without setting enable_batching "
+                             "to true")
         if self.rest_port is None and self.grpc_port is None:
             raise ValueError("both APIs are disabled; give a gRPC or a REST port")
         return self
@@ -109,6 +116,7 @@ class RunningServer:
     rest_port: int | None
     grpc_port: int | None
     stopping: threading.Event
+    batcher: object | None = None  # tailseg.serving.batching.Batcher with --enable_batching
 
     def stop(self, grace: float = 2.0) -> None:
         self.stopping.set()
@@ -117,6 +125,8 @@ class RunningServer:
             self.rest.server_close()
         if self.grpc is not None:
             self.grpc.stop(grace).wait()
+        if self.batcher is not None:
+            self.batcher.stop()
 
 
 def start_server(config: ServeConfig) -> RunningServer:
@@ -128,6 +138,12 @@ def start_server(config: ServeConfig) -> RunningServer:
     if monitoring is not None and monitoring.enable and config.rest_port is None:
         raise ConfigError("--monitoring_config_file enables Prometheus metrics, which are served "
                           "on the REST port: give --rest_api_port as well")
+    batching = None
+    if config.enable_batching:
+        from tailseg.serving.batching import BatchingParameters, read_batching_parameters
+
+        batching = read_batching_parameters(config.batching_parameters_file) \
+            if config.batching_parameters_file else BatchingParameters()
     metrics = ServingMetrics()  # always counted; exposed only when monitoring is enabled
     registry = build_registry(config, metrics)
     import grpc
@@ -163,6 +179,14 @@ def start_server(config: ServeConfig) -> RunningServer:
                 grpc_server.stop(0)
             raise ConfigError(f"cannot bind REST to {config.host}:{config.rest_port}: {error}") \
                 from error
+    if batching is not None:  # started once both ports are bound
+        from tailseg.serving.batching import Batcher
+
+        runtime.batcher = Batcher(
+            batching, runtime.run_unbatched, config.max_pixels_in_flight,
+            on_batch=lambda name, images, requests, waited: metrics.observe_batch(
+                batching.thread_pool_name, name, images, waited),
+            on_reject=lambda reason: metrics.rejected.labels(reason).inc())
     if grpc_server is not None:
         grpc_server.start()
     if rest is not None:
@@ -171,7 +195,7 @@ def start_server(config: ServeConfig) -> RunningServer:
     if config.poll_seconds > 0:  # TF Serving: 0 polls the file system once, at start-up
         registry.watch(config.poll_seconds, stopping)
     return RunningServer(registry, rest, grpc_server, rest and rest.server_address[1],
-                         grpc_port, stopping)
+                         grpc_port, stopping, runtime.batcher)
 
 
 def serve(config: ServeConfig) -> None:
