@@ -50,6 +50,11 @@ def fast_json_enabled() -> bool:
     return os.environ.get("TAILSEG_FAST_JSON", "1") != "0"
 
 
+def preload_parser() -> None:
+    """Import the number parser now (a server calls it at start, not on its first request)."""
+    import pandas  # noqa: F401
+
+
 def decode_numeric_body(body: bytes, keys: tuple[str, ...]) -> tuple[str, np.ndarray] | None:
     """(key, float64 array) for a body `{"<key>": <numbers>}` with key in keys, else None."""
     if not fast_json_enabled():
