@@ -234,9 +234,15 @@ def main() -> None:
     parser.add_argument("--only-batching", action="store_true",
                         help="Run only the batching section; its result replaces the "
                              "\"batching\" entry of --out (kept otherwise)")
+    parser.add_argument("--only-interleaved", action="store_true",
+                        help="Run only the batch-1 in-process/gRPC/REST interleaved latencies "
+                             "and their REST/gRPC ratio (e.g. for --preset seed)")
     args = parser.parse_args()
     if args.only_batching:
         only_batching(args)
+        return
+    if args.only_interleaved:
+        only_interleaved(args)
         return
 
     chips = real_chips(args.data, args.chips)
@@ -341,6 +347,31 @@ def only_batching(args) -> None:
                                **batching(base, Path(workdir), chips, args.requests,
                                           args.batching_clients)}
     print(json.dumps(results["batching"], indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def only_interleaved(args) -> None:
+    """Batch-1 latency of in-process, gRPC and REST requests, interleaved, written to --out."""
+    chips = real_chips(args.data, args.chips)
+    model = build_unet(MODEL_PRESETS[args.preset], np.full(3, .1), np.full(3, .05))
+    results: dict = {"date": date.today().isoformat(), "cpu": cpu(), "preset": args.preset,
+                     "image": [448, 448, 3], "batch": 1}
+    with tempfile.TemporaryDirectory() as workdir:
+        export = export_for_serving(model, Path(workdir) / "exports", "tailseg",
+                                    MODEL_PRESETS[args.preset].multiple, chips[:3])
+        base = str(Path(export["saved_model"]).parent)
+        with launch_server(["--model-base-path", base, "--max-request-bytes", str(2**28)],
+                           Path(workdir) / "server") as server:
+            interleaved = paired({"in_process_tf": load_tf(export["saved_model"]),
+                                  "grpc": GrpcClient(server.grpc_target).predict,
+                                  "rest": RestClient(server.rest_url).predict},
+                                 chips, args.requests)
+    results["batch1_interleaved"] = interleaved
+    results["rest_over_grpc_p50"] = round(interleaved["rest"]["p50_ms"]
+                                          / interleaved["grpc"]["p50_ms"], 2)
+    print(json.dumps(results, indent=2))
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
 
