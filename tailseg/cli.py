@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tailseg import runtime
+from tailseg.constants import MIN_SITE_AREA_HA
 from tailseg.errors import ConfigError, TailsegError
 
 logger = logging.getLogger("tailseg")
@@ -129,6 +130,9 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--min-site-pixels", type=int, default=0,
                         help="Site metrics ignore predicted sites smaller than this "
                              "(default: %(default)s)")
+    parser.add_argument("--min-site-ha", type=float, default=MIN_SITE_AREA_HA,
+                        help="Site metrics ignore predicted sites smaller than this area, as "
+                             "`predict` drops them (default: %(default)s; 0 keeps all)")
     parser.add_argument("--tta", action="store_true",
                         help="Test-time augmentation: average the predictions of 4 flips")
     parser.set_defaults(handler=_evaluate)
@@ -159,7 +163,8 @@ def _evaluate(args) -> int:
     masks = {pair.chip_id: pair.mask for pair in pairs}
     report["sites"] = evaluate_sites(chips, probabilities, threshold,
                                      [raster_row_areas(masks[c.chip_id]) for c in chips],
-                                     min_site_pixels=args.min_site_pixels)
+                                     min_site_pixels=args.min_site_pixels,
+                                     min_site_ha=args.min_site_ha)
     if args.plots:
         _save_plots(Path(args.plots), chips, probabilities, report, predictor.metadata)
     report |= {"model": str(predictor.path), "backend": predictor.backend,

@@ -22,6 +22,7 @@ import numpy as np
 
 from tailseg.budget import training_schedule_summary
 from tailseg.config import RunConfig
+from tailseg.constants import MIN_SITE_AREA_HA
 from tailseg.dataset import Chip, find_pairs, load_chips
 from tailseg.errors import TailsegError
 from tailseg.evaluate import (
@@ -99,7 +100,7 @@ def run_fold(chips: dict[str, Chip], row_areas: dict[str, np.ndarray], split: di
     sites = SiteCounts()
     for chip, probability in zip(test, probabilities, strict=True):
         sites = sites + site_counts(chip.mask == 1, probability >= threshold,
-                                    row_areas[chip.chip_id])
+                                    row_areas[chip.chip_id], min_site_ha=MIN_SITE_AREA_HA)
     report = {**{k: metrics[k] for k in SUMMARY_METRICS}, "threshold": threshold,
               "counts": metrics["counts"], "sites": site_scores(sites),
               "training": training_schedule_summary(

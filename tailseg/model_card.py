@@ -56,8 +56,14 @@ def _sites_text(sites: dict | None) -> str:
     }
     return (f"## Site-level test metrics\nSites are {sites.get('connectivity', 8)}-connected "
             f"groups of tailings pixels; {sites.get('rule', '')}. False sites touch no labelled "
-            "tailings; labels are partial, so some of them are real, unlabelled tailings.\n\n"
-            f"{_table(rows)}\n\n")
+            "tailings; labels are partial, so some of them are real, unlabelled tailings."
+            f"{_minimum_text(sites)}\n\n{_table(rows)}\n\n")
+
+
+def _minimum_text(sites: dict) -> str:
+    minimum = sites.get("min_site_ha") or 0
+    return (f" Predicted sites under {minimum:g} ha are not counted, as `tailseg predict` "
+            "drops them." if minimum else "")
 
 
 def render_model_card(name: str, version: int | str, config: dict, split: dict,

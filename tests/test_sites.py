@@ -144,13 +144,14 @@ def test_evaluate_sites_pools_chips_at_the_threshold():
     chips = [Chip("a", np.zeros((20, 20, 3), np.float32), truth.astype(np.uint8)),
              Chip("b", np.zeros((20, 20, 3), np.float32), truth.astype(np.uint8))]
     probabilities = [predicted * 0.9, np.where(truth, 0.6, 0.1)]
-    report = evaluate_sites(chips, probabilities, 0.5, [ROWS, ROWS])
+    report = evaluate_sites(chips, probabilities, 0.5, [ROWS, ROWS], min_site_ha=0)
     assert (report["sites_labelled"], report["sites_found"], report["false_sites"]) == (6, 4, 2)
     assert report["false_sites_per_100km2"] == pytest.approx(2 / 0.08 * 100)
     assert [c["sites_found"] for c in report["per_chip"]] == [1, 3]
     assert "IoU >= 0.1" in report["rule"]
     # At a threshold above 0.6 chip b predicts nothing.
-    assert evaluate_sites(chips, probabilities, 0.7, [ROWS, ROWS])["sites_found"] == 1
+    assert evaluate_sites(chips, probabilities, 0.7, [ROWS, ROWS],
+                          min_site_ha=0)["sites_found"] == 1
 
 
 def test_model_card_has_the_site_section():
@@ -158,7 +159,7 @@ def test_model_card_has_the_site_section():
 
     truth, predicted = _scene()
     chips = [Chip("a", np.zeros((20, 20, 3), np.float32), truth.astype(np.uint8))]
-    sites = evaluate_sites(chips, [predicted * 0.9], 0.5, [ROWS])
+    sites = evaluate_sites(chips, [predicted * 0.9], 0.5, [ROWS], min_site_ha=0)
     metrics = {"iou": 0.4, "f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9,
                "sites": sites}
     card = render_model_card("tailseg", 1, {}, {"test": ["a"]}, metrics, 0.5, {},
@@ -177,3 +178,41 @@ def test_console_line_shows_missing_values_as_na():
     assert line.startswith("sites found 0/0 (n/a), false sites 0 (0.0 per 100 km2)")
     truth, predicted = _scene()
     assert "median -6%" in site_line(site_scores(site_counts(truth, predicted, ROWS)))
+
+
+def test_sites_under_the_minimum_area_are_not_counted_and_labelled_ones_always_are():
+    truth = np.zeros((30, 30), bool)
+    truth[2:4, 2:4] = True                       # a labelled site of 4 px: 0.04 ha at 100 m2
+    predicted = truth.copy()
+    predicted[10:16, 10:17] = True               # a false site of 42 px: 0.42 ha
+    predicted[20:28, 20:28] = True               # a false site of 64 px: 0.64 ha
+    rows = np.full(30, 100.0)
+    kept_all = site_counts(truth, predicted, rows)
+    assert (kept_all.labelled, kept_all.found, kept_all.false) == (1, 1, 2)
+    half_hectare = site_counts(truth, predicted, rows, min_site_ha=0.5)
+    # The small labelled site stays labelled; its small prediction is dropped like any other.
+    assert (half_hectare.labelled, half_hectare.found, half_hectare.false) == (1, 0, 1)
+    # Areas come from the rows: at 125 m2 per pixel the 42 px site is 0.525 ha and stays.
+    assert site_counts(truth, predicted, np.full(30, 125.0), min_site_ha=0.5).false == 2
+
+
+def test_evaluation_drops_sites_under_half_a_hectare_by_default():
+    from tailseg.constants import MIN_SITE_AREA_HA
+
+    truth = np.zeros((30, 30), np.uint8)
+    truth[20:28, 20:28] = 1                      # found, 0.64 ha
+    probability = truth * 0.9
+    probability[2:8, 2:9] = 0.9                  # a false site of 0.42 ha
+    chips = [Chip("a", np.zeros((30, 30, 3), np.float32), truth)]
+    report = evaluate_sites(chips, [probability], 0.5, [np.full(30, 100.0)])
+    assert MIN_SITE_AREA_HA == 0.5 and report["min_site_ha"] == MIN_SITE_AREA_HA
+    assert (report["sites_found"], report["false_sites"]) == (1, 0)
+    from tailseg.model_card import render_model_card
+
+    metrics = {"iou": 0.4, "f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9,
+               "sites": report}
+    card = render_model_card("tailseg", 1, {}, {"test": ["a"]}, metrics, 0.5, {},
+                             {"blessed": True, "reasons": []})
+    assert "Predicted sites under 0.5 ha are not counted" in card
+    everything = evaluate_sites(chips, [probability], 0.5, [np.full(30, 100.0)], min_site_ha=0)
+    assert everything["false_sites"] == 1
