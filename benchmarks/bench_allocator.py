@@ -37,23 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import cpu, write_result  # noqa: E402
 
 # name: (TF_CPU_ALLOCATOR_USE_BFC, TF_ENABLE_ONEDNN_OPTS or None for TensorFlow's choice)
 SETTINGS = {"default": ("false", None), "bfc": ("true", None),
             "default_onednn_off": ("false", "0"), "bfc_onednn_off": ("true", "0")}
 PAIRS = [("default", "bfc"), ("default_onednn_off", "bfc_onednn_off")]
-CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "fma", "amx_tile")
-
-
-def cpu() -> dict:
-    """The CPU model and the vector-instruction flags that decide TensorFlow's kernels."""
-    text = Path("/proc/cpuinfo").read_text()
-    field = {line.split(":")[0].strip(): line.split(":", 1)[1].strip()
-             for line in text.splitlines() if ":" in line}
-    flags = set(field.get("flags", "").split())
-    return {"model": field.get("model name", "unknown"), "cores": os.cpu_count(),
-            "flags": [flag for flag in CPU_FLAGS if flag in flags]}
 
 
 def usage() -> tuple[float, int, float, float]:

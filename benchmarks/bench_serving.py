@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import cpu
 from tailseg.backends import load_onnx, load_tf
 from tailseg.config import MODEL_PRESETS
 from tailseg.dataset import load_chip, require_pairs
@@ -48,16 +49,6 @@ def real_chips(data_dir: str, count: int) -> np.ndarray:
         if len(chips) == count:
             break
     return np.stack(chips).astype(np.float32)
-
-
-def cpu() -> dict:
-    """CPU model and the instruction sets TensorFlow's kernels use, from /proc/cpuinfo."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    flags = set(fields.get("flags\t\t", fields.get("flags", "")).split())
-    return {"model": fields.get("model name\t", platform.processor()).strip(),
-            "cores": os.cpu_count(),
-            "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "fma"})}
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -13,6 +13,18 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "fma", "amx_tile")
+
+
+def cpu() -> dict:
+    """The CPU model and the vector-instruction flags that decide TensorFlow's kernels."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    field = {line.split(":")[0].strip(): line.split(":", 1)[1].strip()
+             for line in text.splitlines() if ":" in line}
+    flags = set(field.get("flags", "").split())
+    return {"model": field.get("model name", platform.processor() or "unknown"),
+            "cores": os.cpu_count(), "flags": [flag for flag in CPU_FLAGS if flag in flags]}
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:

@@ -43,7 +43,7 @@ from tailseg.runtime import apply_tensorflow_environment  # noqa: E402
 
 apply_tensorflow_environment()  # the allocator setting, as the CLI, before TensorFlow loads
 
-from benchmarks.common import matmul_gflops, write_result  # noqa: E402
+from benchmarks.common import cpu, matmul_gflops, write_result  # noqa: E402
 from tailseg.config import load_run_yaml, parse_config  # noqa: E402
 from tailseg.crossval import assign_folds, fold_split  # noqa: E402
 from tailseg.dataset import find_pairs, load_chips  # noqa: E402
@@ -199,17 +199,7 @@ def _payload(args, chips, holdout, excluded, results) -> dict:
             "minutes_per_fold": args.minutes, "min_site_ha": args.min_site_ha,
             "cv_chips": len(chips), "holdout_chips": sorted(chip.chip_id for chip in holdout),
             "excluded": sorted(excluded), "matmul_gflops": round(matmul_gflops(), 1),
-            "cpu_flags": _cpu_flags(), "variants": results}
-
-
-def _cpu_flags() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                  if line.startswith("model name")), "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
-                  if line.startswith("flags")), [])
-    wanted = {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "fma"}
-    return {"model": model, "flags": sorted(wanted & set(flags))}
+            "cpu": cpu(), "variants": results}
 
 
 if __name__ == "__main__":
