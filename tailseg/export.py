@@ -122,10 +122,13 @@ def staged_directory(final: Path) -> Iterator[Path]:
 def export_model(model: keras.Model, export_dir: str | Path, model_name: str, multiple: int,
                  opset: int = 17, metadata: dict | None = None,
                  extra_assets: dict[str, str] | None = None,
-                 before_publish: Callable[[Path, Path], dict] | None = None) -> dict:
+                 before_publish: Callable[[Path, Path], dict] | None = None,
+                 version: int | None = None) -> dict:
     """Export a new version: exports/serving/<name>/<v>/ and exports/onnx/<name>/<v>/model.onnx.
 
     Args:
+        version: the version the caller already named (e.g. in the model card); it must still
+            be the next free one, else nothing is written. Default: the next free one.
         before_publish: called with the staged SavedModel directory and ONNX file before they
             are renamed into place; it may add files (e.g. warm-up requests) and raises to
             publish nothing. What it returns is merged into the result.
@@ -136,7 +139,11 @@ def export_model(model: keras.Model, export_dir: str | Path, model_name: str, mu
     export_dir = Path(export_dir).resolve()
     serving_base = export_dir / "serving" / model_name
     onnx_base = export_dir / "onnx" / model_name
-    version = next_version(serving_base, onnx_base)
+    free = next_version(serving_base, onnx_base)
+    if version is not None and version != free:
+        raise ExportError(f"{serving_base}: version {version} was requested but the next free "
+                          f"version is {free} (another export ran meanwhile?); nothing written")
+    version = free
     metadata = {**(metadata or {}), "version": version, "model_name": model_name,
                 "input": INPUT_NAME, "output": OUTPUT_NAME, "bands": list(BANDS),
                 "onnx_opset": opset}

@@ -47,7 +47,7 @@ def publish_model(model: keras.Model, config: RunConfig, split: dict, metrics: d
                               model_multiple(model), _parity_sample(config, split),
                               opset=export.onnx_opset, metadata=metadata,
                               canary=config.gate.promote_to == "staging",
-                              extra_assets={MODEL_CARD: card})
+                              extra_assets={MODEL_CARD: card}, version=version)
     return {"exported": True, **info}, card
 
 

@@ -7,7 +7,7 @@ from tensorflow import keras
 
 from tailseg.backends import load_predictor, resolve_saved_model
 from tailseg.config import ModelConfig
-from tailseg.errors import ModelFormatError
+from tailseg.errors import ExportError, ModelFormatError
 from tailseg.export import export_model, serving_function, staged_directory
 from tailseg.model import build_unet
 
@@ -54,6 +54,19 @@ def test_versions_increase_and_metadata_travels(exported):
     assert predictor.metadata["threshold"] == 0.4
     assert load_predictor(first["onnx"]).metadata["threshold"] == 0.4  # found beside the ONNX
     assert (root / "serving/tailseg/1/assets.extra/model_card.md").read_text() == "# card"
+
+
+def test_a_named_version_that_is_no_longer_free_writes_nothing(exported):
+    # publish_model names the version in the model card before exporting; if another export
+    # took that number meanwhile, the card would describe the wrong version.
+    model, root, _, _ = exported
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    with pytest.raises(ExportError, match="version 2 was requested but the next free version "
+                                          "is 3"):
+        export_model(model, root, "tailseg", 4, version=2)
+    with pytest.raises(ExportError, match="next free version is 3"):
+        export_model(model, root, "tailseg", 4, version=4)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
 
 
 def test_existing_version_is_never_overwritten_and_failures_leave_nothing(tmp_path):

@@ -38,10 +38,12 @@ def export_for_serving(model: keras.Model, export_dir: str | Path, model_name: s
                        metadata: dict | None = None, parity_tolerance: float = 1e-4,
                        warmup_records: int = 4, canary: bool = False,
                        extra_assets: dict[str, str] | None = None,
-                       serving_base_path: str | None = None) -> dict:
+                       serving_base_path: str | None = None,
+                       version: int | None = None) -> dict:
     """Export, validate and publish a new version under export_dir.
 
     Args:
+        version: passed to export_model: the version the caller named, refused unless free.
         sample_images: float32 reflectance [N, H, W, 3], real chips: the warm-up requests (the
             first warmup_records of them) and the parity check (all of them).
         canary: label the new version "canary" and keep the current "stable"; otherwise the
@@ -66,7 +68,7 @@ def export_for_serving(model: keras.Model, export_dir: str | Path, model_name: s
                 "infra_validation": run_infra_validation(saved_model, model_name)}
 
     info = export_model(model, export_dir, model_name, multiple, opset, metadata, extra_assets,
-                        before_publish=validate)
+                        before_publish=validate, version=version)
     export_dir = Path(export_dir).resolve()
     serving_base, version = export_dir / "serving" / model_name, info["version"]
     config_path = export_dir / "serving" / CONFIG_FILE
