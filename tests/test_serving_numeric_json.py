@@ -69,7 +69,8 @@ def test_integer_tokens_round_as_the_general_path_does(monkeypatch):
                  "[[[[9007199254740993, 1, 2]]]]", "[[[[9007199254740993, 1.5, 2]]]]",
                  "[[[[123456789012345678901234567890, 1, 2]]]]", "[[[[1e-400, 1E+2, 5e-1]]]]",
                  "[[[[18446744073709551615, 1, 2]]]]", "[[[[-9223372036854775809, 1, 2]]]]",
-                 "[[[[9223372036854775807, 1.5, 2]]]]", "[[[[-1e-400, 0, 2.2250738585072011e-308]]]]"]:
+                 "[[[[9223372036854775807, 1.5, 2]]]]",
+                 "[[[[-1e-400, 0, 2.2250738585072011e-308]]]]"]:
         body = f'{{"inputs": {text}}}'.encode()
         fast = outcome(parse_predict_body, body, monkeypatch, fast=True)
         assert fast == outcome(parse_predict_body, body, monkeypatch, fast=False), text
