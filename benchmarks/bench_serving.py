@@ -1,5 +1,6 @@
 """Serving benchmark: p50/p99 latency and throughput of 448 x 448 predictions in process, over
-gRPC and over REST (several concurrent clients) against `tailseg serve` in the same run, plus
+gRPC and over REST (JSON numbers to serving_default; "rest_bytes": base64 raw float32 to
+serving_bytes) (several concurrent clients) against `tailseg serve` in the same run, plus
 TF vs ONNX Runtime throughput on the same real chips, REST with and without the garbage
 collector paused around JSON (a second server with TAILSEG_GC_PAUSE=0, client likewise), and
 the server's peak memory under concurrent large requests bounded by the pixel budget, and
@@ -262,10 +263,12 @@ def main() -> None:
                               Path(workdir) / "server") as server:
             makers = {"in_process_tf": lambda: tf_predictor,
                       "grpc": lambda: GrpcClient(server.grpc_target).predict,
-                      "rest": lambda: RestClient(server.rest_url).predict}
+                      "rest": lambda: RestClient(server.rest_url, binary=False).predict,
+                      "rest_bytes": lambda: RestClient(server.rest_url, binary=True).predict}
             results["batch1_interleaved"] = paired(
                 {**{name: make() for name, make in makers.items()},
-                 "rest_general_json": general_json(RestClient(general.rest_url).predict)},
+                 "rest_general_json": general_json(RestClient(general.rest_url,
+                                                                   binary=False).predict)},
                 chips, args.requests)
             print(json.dumps(results["batch1_interleaved"]), flush=True)
             interleaved = results["batch1_interleaved"]
@@ -273,7 +276,9 @@ def main() -> None:
                 "rest_over_grpc_p50_fast_json": round(
                     interleaved["rest"]["p50_ms"] / interleaved["grpc"]["p50_ms"], 2),
                 "rest_over_grpc_p50_general_json": round(
-                    interleaved["rest_general_json"]["p50_ms"] / interleaved["grpc"]["p50_ms"], 2)}
+                    interleaved["rest_general_json"]["p50_ms"] / interleaved["grpc"]["p50_ms"], 2),
+                "rest_bytes_over_grpc_p50": round(
+                    interleaved["rest_bytes"]["p50_ms"] / interleaved["grpc"]["p50_ms"], 2)}
             print(json.dumps(results["rest_fast_json"]), flush=True)
             general.stop()
             for clients in args.clients:
@@ -293,7 +298,7 @@ def main() -> None:
                                Path(workdir) / "server-gc") as server:
                 unpaused = paired({"in_process_tf": tf_predictor,
                                    "grpc": GrpcClient(server.grpc_target).predict,
-                                   "rest": RestClient(server.rest_url).predict},
+                                   "rest": RestClient(server.rest_url, binary=False).predict},
                                   chips, args.requests)
         finally:
             del os.environ["TAILSEG_GC_PAUSE"]
@@ -356,11 +361,13 @@ def only_interleaved(args) -> None:
                            Path(workdir) / "server") as server:
             interleaved = paired({"in_process_tf": load_tf(export["saved_model"]),
                                   "grpc": GrpcClient(server.grpc_target).predict,
-                                  "rest": RestClient(server.rest_url).predict},
+                                  "rest": RestClient(server.rest_url, binary=False).predict,
+                                  "rest_bytes": RestClient(server.rest_url, binary=True).predict},
                                  chips, args.requests)
     results["batch1_interleaved"] = interleaved
-    results["rest_over_grpc_p50"] = round(interleaved["rest"]["p50_ms"]
-                                          / interleaved["grpc"]["p50_ms"], 2)
+    for path in ("rest", "rest_bytes"):
+        results[f"{path}_over_grpc_p50"] = round(interleaved[path]["p50_ms"]
+                                                 / interleaved["grpc"]["p50_ms"], 2)
     print(json.dumps(results, indent=2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ from tailseg.export import OUTPUT_NAME
 from tailseg.serving.batching import Batcher, BatchingParameters, read_batching_parameters
 from tailseg.serving.flags import serve_config_kwargs
 from tailseg.serving.protocol import from_tensor_proto
-from tailseg.serving.registry import load_version
 from tailseg.serving.server import ServeConfig, start_server
+from tailseg.serving.version import load_version
 from tailseg.serving.warmup import predict_request
 from tests import test_serving_operations as operations
 

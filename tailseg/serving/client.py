@@ -8,6 +8,7 @@ request the server rejects fails at once with ServingClientError.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import orjson
 
 from tailseg.errors import ModelFormatError, ServingClientError
-from tailseg.export import OUTPUT_NAME
+from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, OUTPUT_NAME
 from tailseg.predictor import Predictor
 
 
@@ -35,13 +36,19 @@ def _with_retries(call: Callable, retries: int, backoff: float, retryable: Calla
 
 
 class RestClient:
-    """TF Serving REST API client (columnar "inputs" requests)."""
+    """TF Serving REST API client (columnar "inputs" requests).
+
+    Images go as base64 raw float32 to the "serving_bytes" signature when the model has it
+    (binary=None: asked once from the model's metadata), else as JSON numbers to
+    "serving_default"; both give the same probabilities. binary=True or False forces one.
+    """
 
     def __init__(self, url: str = "http://127.0.0.1:8501", model_name: str = "tailseg",
                  version: int | None = None, label: str | None = None, timeout: float = 60.0,
-                 retries: int = 3, backoff: float = 0.2):
+                 retries: int = 3, backoff: float = 0.2, binary: bool | None = None):
         self.url, self.model_name, self.timeout = url.rstrip("/"), model_name, timeout
-        self.retries, self.backoff = retries, backoff
+        self.retries, self.backoff, self.binary = retries, backoff, binary
+        self._ask_binary = binary is None
         self.model_url = f"{self.url}/v1/models/{model_name}" + (
             f"/versions/{version}" if version is not None else
             f"/labels/{label}" if label is not None else "")
@@ -74,12 +81,33 @@ class RestClient:
                                      f"({error})") from error
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if self.binary is None:
+            signatures = self.metadata()["metadata"]["signature_def"]["signature_def"]
+            self.binary = BYTES_SIGNATURE in signatures
+        try:
+            return self._predict(images)
+        except ServingClientError as error:
+            # A rollback to a version exported before serving_bytes existed: JSON from now on.
+            if not (self._ask_binary and self.binary and error.status == 400
+                    and "not found in signature def" in str(error)):
+                raise
+            self.binary = False
+            return self._predict(images)
+
+    def _predict(self, images: np.ndarray) -> np.ndarray:
         from tailseg.serving.protocol import parse_predict_response_body
 
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        # orjson writes the float32 array in its shortest exact form, without Python floats.
-        return self._request(f"{self.model_url}:predict", {"inputs": images},
-                             parse_predict_response_body)
+        if self.binary:
+            count, height, width, _ = images.shape
+            raw = [{"b64": base64.b64encode(image.astype("<f4").tobytes()).decode("ascii")}
+                   for image in images]
+            body = {"signature_name": BYTES_SIGNATURE,
+                    "inputs": dict(zip(BYTES_INPUTS, (raw, [height] * count, [width] * count),
+                                       strict=True))}
+        else:  # orjson writes the float32 array in its shortest exact form
+            body = {"inputs": images}
+        return self._request(f"{self.model_url}:predict", body, parse_predict_response_body)
 
     def status(self) -> dict:
         return self._request(self.model_url)

@@ -31,7 +31,8 @@ from tailseg.serving.limits import Admission, check_alive
 from tailseg.serving.metrics import ServingMetrics
 from tailseg.serving.model_config import sources_from_proto
 from tailseg.serving.protocol import to_tensor_proto
-from tailseg.serving.registry import LoadedVersion, ModelRegistry
+from tailseg.serving.registry import ModelRegistry
+from tailseg.serving.version import LoadedVersion
 
 logger = logging.getLogger(__name__)
 # TF Serving sets grpc::ServerBuilder::SetMaxMessageSize(kint32max) (model_servers/server.cc).
@@ -154,8 +155,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         version, label = spec_choice(request.model_spec)
         loaded = self.registry.resolve(request.model_spec.name, version, label)
-        probability = self.runtime.predict(loaded, loaded.request_images(request), deadline,
-                                           context.is_active)
+        images = loaded.request_images(request)
+        probability = self.runtime.predict(loaded.serving(request.model_spec.signature_name),
+                                           images, deadline, context.is_active)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = loaded.name
         response.model_spec.version.value = loaded.version

@@ -22,7 +22,7 @@ def validate_version(saved_model_dir: str | Path, model_name: str = "model") -> 
     from google.protobuf import json_format
 
     from tailseg.export import SIGNATURE
-    from tailseg.serving.registry import load_version
+    from tailseg.serving.version import load_version
     from tailseg.serving.warmup import read_warmup_requests
 
     start = time.perf_counter()

@@ -7,6 +7,8 @@ With a single input the values may be given bare or under the input's name.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 
@@ -15,7 +17,7 @@ import orjson
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from tailseg.errors import ServingRequestError
-from tailseg.export import INPUT_NAME, OUTPUT_NAME
+from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, OUTPUT_NAME
 from tailseg.serving.limits import gc_paused
 from tailseg.serving.numeric_json import decode_numeric_body
 
@@ -78,6 +80,44 @@ def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = INPUT_NAME) -> 
     else:
         values = np.asarray(getattr(proto, _VAL_FIELD.get(dtype.type, "int_val")), dtype=dtype)
     return values.reshape(shape)
+
+
+def strings_from_tensor_proto(proto: tensor_pb2.TensorProto, name: str) -> list[bytes]:
+    """The values of a DT_STRING TensorProto of rank 1."""
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if proto.dtype != types_pb2.DT_STRING:
+        raise ServingRequestError(f"input {name!r} has dtype "
+                                  f"{types_pb2.DataType.Name(proto.dtype)}; expected DT_STRING")
+    if len(shape) != 1 or shape[0] != len(proto.string_val):
+        raise ServingRequestError(f"tensor parsing error: {name}: shape {shape} with "
+                                  f"{len(proto.string_val)} strings; expected [N] with N strings")
+    return list(proto.string_val)
+
+
+def bytes_images(raw: list[bytes], height, width) -> np.ndarray:
+    """The checked float32 images [N, H, W, 3] of a serving_bytes request.
+
+    Refuses (INVALID_ARGUMENT) what the signature's graph refuses: counts that differ, sizes
+    that differ within the request, and byte lengths other than H x W x 3 x 4.
+    """
+    height, width = (np.asarray(value).reshape(-1) for value in (height, width))
+    names = dict(zip(("raw", "height", "width"), BYTES_INPUTS, strict=True))
+    if not len(raw) or len(height) != len(raw) or len(width) != len(raw):
+        raise ServingRequestError(
+            f"{names['raw']}, {names['height']} and {names['width']} need one value per image "
+            f"(got {len(raw)}, {len(height)} and {len(width)})")
+    for name, values in ((names["height"], height), (names["width"], width)):
+        if values.dtype.kind not in "iu" or (values != values[0]).any() or values[0] < 1:
+            raise ServingRequestError(f"{name} must be one positive integer for all images of a "
+                                      f"request, got {values.tolist()}")
+    size = int(height[0]) * int(width[0]) * 3
+    for index, value in enumerate(raw):
+        if len(value) != 4 * size:
+            raise ServingRequestError(
+                f"{names['raw']}[{index}] holds {len(value)} bytes; {names['height']} "
+                f"{height[0]} x {names['width']} {width[0]} x 3 bands of float32 need {4 * size}")
+    images = np.frombuffer(b"".join(raw), "<f4").astype(np.float32)
+    return check_image(images.reshape(len(raw), int(height[0]), int(width[0]), 3), names["raw"])
 
 
 def check_image(array: np.ndarray, name: str = INPUT_NAME) -> np.ndarray:
@@ -146,6 +186,8 @@ def _parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
     if ("instances" in payload) == ("inputs" in payload):
         raise ServingRequestError("request must have exactly one of 'instances' or 'inputs'")
     signature = payload.get("signature_name")
+    if signature == BYTES_SIGNATURE:
+        return _bytes_body(payload), "instances" in payload, signature
     if "instances" in payload:
         instances = payload["instances"]
         if not isinstance(instances, list) or not instances:
@@ -154,6 +196,48 @@ def _parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
         return check_image(_numeric_array(rows, "instances")), True, signature
     value = _unwrap(payload["inputs"], "inputs")
     return check_image(_numeric_array(value, "inputs")), False, signature
+
+
+def _bytes_body(payload: dict) -> np.ndarray:
+    """The images of a serving_bytes body: columnar {"inputs": {"image_bytes": [{"b64": ...}],
+    "height": [H], "width": [W]}} or rows {"instances": [{"image_bytes": {"b64": ...},
+    "height": H, "width": W}]}."""
+    expected = sorted(BYTES_INPUTS)
+    if "inputs" in payload:
+        columns = payload["inputs"]
+        if not isinstance(columns, dict) or sorted(columns) != expected:
+            raise ServingRequestError(f"'inputs' of {BYTES_SIGNATURE} must name exactly "
+                                      f"{expected}")
+    else:
+        rows = payload["instances"]
+        if not isinstance(rows, list) or not rows or not all(
+                isinstance(row, dict) and sorted(row) == expected for row in rows):
+            raise ServingRequestError(f"'instances' of {BYTES_SIGNATURE} must be objects naming "
+                                      f"exactly {expected}")
+        columns = {name: [row[name] for row in rows] for name in BYTES_INPUTS}
+    raw_name, height_name, width_name = BYTES_INPUTS
+    values = [columns[name] if isinstance(columns[name], list) else [columns[name]]
+              for name in BYTES_INPUTS]
+    raw = [_binary(value, f"{raw_name}[{index}]") for index, value in enumerate(values[0])]
+    sizes = []
+    for name, column in zip((height_name, width_name), values[1:], strict=True):
+        if not all(type(value) is int for value in column):
+            raise ServingRequestError(f"{name} must hold integers, got {column[:4]}")
+        sizes.append(np.asarray(column, np.int64))
+    return bytes_images(raw, *sizes)
+
+
+def _binary(value, what: str) -> bytes:
+    """A DT_STRING value: {"b64": "..."} (standard base64) or a plain string (its UTF-8)."""
+    if isinstance(value, dict) and list(value) == ["b64"] and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise ServingRequestError(f"{what}: invalid base64 ({error})") from error
+    if isinstance(value, str):
+        return value.encode()
+    raise ServingRequestError(f'{what}: expected {{"b64": "<base64>"}}, got '
+                              f"{type(value).__name__}")
 
 
 def predict_response_json(probability: np.ndarray, row_format: bool) -> bytes:

@@ -25,124 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from tailseg.errors import ConfigError, ModelFormatError, ServingRequestError
-from tailseg.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE, existing_versions
+from tailseg.errors import ConfigError, ServingRequestError
+from tailseg.export import existing_versions
 from tailseg.serving.labels import LabelMap, assign_version_labels
-from tailseg.serving.limits import check_alive
 from tailseg.serving.model_config import ModelSource, read_model_config
-from tailseg.serving.protocol import check_image, from_tensor_proto
-from tailseg.serving.warmup import read_warmup_requests
+from tailseg.serving.version import LoadedVersion, load_version, status_code_name
 
 logger = logging.getLogger(__name__)
-EXPECTED = {"inputs": {INPUT_NAME: [-1, -1, -1, 3]}, "outputs": {OUTPUT_NAME: [-1, -1, -1, 1]}}
-
-
-def read_signature_defs(saved_model_dir: Path) -> dict:
-    """SignatureDef protos of the serve meta graph, as TF Serving reports them in metadata."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved = saved_model_pb2.SavedModel.FromString((saved_model_dir / "saved_model.pb").read_bytes())
-    graph = next((g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags), None)
-    if graph is None:
-        raise ModelFormatError(f"{saved_model_dir}: no meta graph tagged 'serve'")
-    return {k: v for k, v in graph.signature_def.items() if not k.startswith("__")}
-
-
-def check_signature(saved_model_dir: Path, signature_defs: dict) -> None:
-    """Names, dtypes and shapes of serving_default against the serving contract."""
-    from tensorflow.core.framework import types_pb2
-
-    if SIGNATURE not in signature_defs:
-        raise ModelFormatError(f"{saved_model_dir}: no {SIGNATURE!r} signature "
-                               f"(has {sorted(signature_defs)})")
-    signature = signature_defs[SIGNATURE]
-    for kind, expected in EXPECTED.items():
-        tensors = getattr(signature, kind)
-        if sorted(tensors) != sorted(expected):
-            raise ModelFormatError(f"{saved_model_dir}: {SIGNATURE} {kind} are {sorted(tensors)};"
-                                   f" the serving contract needs {sorted(expected)}")
-        for name, shape in expected.items():
-            info = tensors[name]
-            actual = [d.size for d in info.tensor_shape.dim]
-            if info.dtype != types_pb2.DT_FLOAT or actual != shape:
-                raise ModelFormatError(
-                    f"{saved_model_dir}: {SIGNATURE} {name!r} is "
-                    f"{types_pb2.DataType.Name(info.dtype)} {actual}; expected DT_FLOAT {shape}")
-
-
-@dataclass
-class LoadedVersion:
-    """One loaded, warmed-up version."""
-
-    name: str
-    version: int
-    path: Path
-    signature_defs: dict
-    function: object
-    keepalive: object = None
-
-    def predict(self, images: np.ndarray, deadline: float | None = None,
-                alive: Callable[[], bool] | None = None,
-                chunk_pixels: int = 4 * 2**20) -> np.ndarray:
-        """Probabilities of a checked batch, run in sub-batches of about chunk_pixels pixels.
-
-        Between sub-batches the deadline and the client are checked, so a batch whose caller
-        gave up stops early (one model call itself cannot be interrupted). Each image is
-        independent in the U-Net (inference-mode batch norm), so splitting changes nothing.
-        """
-        import tensorflow as tf
-
-        images = check_image(images)
-        step = max(1, chunk_pixels // (images.shape[1] * images.shape[2]))
-        outputs = []
-        for start in range(0, len(images), step):
-            check_alive(deadline, alive)
-            batch = tf.constant(images[start:start + step])
-            try:
-                outputs.append(self.function(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy())
-            except tf.errors.OpError as error:  # TF Serving passes the run status through,
-                # e.g. INVALID_ARGUMENT for a side the U-Net cannot halve evenly
-                raise ServingRequestError(f"{type(error).__name__}: {error.message.strip()}",
-                                          status_code_name(error)) from error
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
-
-    def request_images(self, request) -> np.ndarray:
-        """The checked images of a PredictRequest (the gRPC and warm-up path)."""
-        names = sorted(request.inputs)
-        if names != [INPUT_NAME]:
-            raise ServingRequestError(f"request inputs are {names}; {SIGNATURE} takes exactly "
-                                      f"[{INPUT_NAME!r}]")
-        signature = request.model_spec.signature_name or SIGNATURE
-        if signature not in self.signature_defs:
-            raise ServingRequestError(f"Serving signature name: {signature!r} not found in "
-                                      f"signature def of {self.name} version {self.version}")
-        return check_image(from_tensor_proto(request.inputs[INPUT_NAME]))
-
-    def predict_request(self, request) -> np.ndarray:
-        return self.predict(self.request_images(request))
-
-
-def load_version(name: str, path: Path, require_warmup: bool = False) -> LoadedVersion:
-    """Load, check and warm up one version directory. Warm-up failures fail the load."""
-    import tensorflow as tf
-
-    signature_defs = read_signature_defs(path)
-    check_signature(path, signature_defs)
-    loaded = tf.saved_model.load(str(path))
-    version = LoadedVersion(name, int(path.name) if path.name.isdigit() else 0, path,
-                            signature_defs, loaded.signatures[SIGNATURE], loaded)
-    requests = read_warmup_requests(path)
-    if require_warmup and not requests:
-        raise ModelFormatError(f"{path}: no warm-up requests in assets.extra/")
-    for request in requests:
-        output = version.predict_request(request)
-        image = request.inputs[INPUT_NAME].tensor_shape.dim
-        if list(output.shape) != [image[0].size, image[1].size, image[2].size, 1]:
-            raise ModelFormatError(f"{path}: warm-up output shape {list(output.shape)} does not "
-                                   f"match its input {[d.size for d in image]}")
-    return version
 
 
 @dataclass
@@ -153,26 +42,6 @@ class VersionState:
     attempts: int = 0
     retry_at: float = 0.0  # time.monotonic() of the next load attempt while LOADING
     last_error: str = ""
-
-
-def status_code_name(error: Exception) -> str:
-    """The status code name TF Serving would report for a failed load or model run."""
-    import grpc
-    import tensorflow as tf
-    from google.protobuf.message import DecodeError
-
-    if isinstance(error, tf.errors.OpError):  # e.g. NOT_FOUND for missing variables
-        return {code.value[0]: code.name for code in grpc.StatusCode}.get(error.error_code,
-                                                                           "UNKNOWN")
-    if isinstance(error, ServingRequestError):
-        return error.code
-    if isinstance(error, FileNotFoundError):  # no saved_model.pb (yet)
-        return "NOT_FOUND"
-    if isinstance(error, DecodeError):  # truncated or corrupt saved_model.pb
-        return "DATA_LOSS"
-    if isinstance(error, ValueError):  # ModelFormatError: signature or warm-up contract
-        return "INVALID_ARGUMENT"
-    return "INTERNAL"
 
 
 @dataclass

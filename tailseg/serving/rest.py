@@ -218,11 +218,8 @@ def make_handler(runtime: ServingRuntime, limits: RestLimits):
                     with decode_slots:
                         images, row_format, signature = parse_predict_body(body)
                     del body
-                    if signature not in (None, "", *loaded.signature_defs):
-                        raise ServingRequestError(f"Serving signature name: {signature!r} not "
-                                                  "found in signature def")
-                    return predict_response_json(runtime.predict(loaded, images, deadline),
-                                                 row_format)
+                    return predict_response_json(
+                        runtime.predict(loaded.serving(signature), images, deadline), row_format)
             raise HttpError(501, f"{suffix[1:]} is not implemented; this model serves :predict")
 
         def _content_length(self) -> int:
