@@ -9,12 +9,14 @@ comparison, the general orjson path), the server encodes the probabilities, the 
 them; plus one loopback HTTP round trip of the same byte counts through http.server and
 urllib (no JSON work). With REST p50 <= 1.5 x gRPC p50 as the target, the REST-only work must
 fit in 0.5 x the gRPC p50 given (take it from benchmarks/results/serving.json of the same
-machine). Writes benchmarks/results/rest_json.json.
+machine). Also the same steps for the serving_bytes form (base64 raw float32, RestClient's
+default), under "serving_bytes". Writes benchmarks/results/rest_json.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import os
 import statistics
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_serving import real_chips  # noqa: E402
 from benchmarks.common import cpu, write_result  # noqa: E402
+from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE  # noqa: E402
 from tailseg.serving.protocol import (  # noqa: E402
     parse_predict_body,
     parse_predict_response_body,
@@ -109,9 +112,24 @@ def main() -> None:
     finally:
         del os.environ["TAILSEG_FAST_JSON"]
     total = round(sum(timings.values()), 1)
+    # The serving_bytes form of the same request (RestClient's default when the model has it).
+    def bytes_body() -> bytes:
+        raw = base64.b64encode(chips[0].astype("<f4").tobytes()).decode("ascii")
+        return orjson.dumps({"signature_name": BYTES_SIGNATURE, "inputs": dict(zip(
+            BYTES_INPUTS, ([{"b64": raw}], [448], [448]), strict=True))})
+    binary = bytes_body()
+    bytes_steps = {"client_encode_request": median_ms(bytes_body, args.repeats),
+                   "server_decode_request": median_ms(lambda: parse_predict_body(binary),
+                                                      args.repeats),
+                   "server_encode_response": timings["server_encode_response"],
+                   "client_decode_response": timings["client_decode_response"],
+                   "loopback_http_round_trip": loopback_round_trip_ms(
+                       len(binary), len(response), args.repeats)}
     result = {"cpu": cpu(), "request_bytes": len(request), "response_bytes": len(response),
               "steps_ms": timings, "server_decode_request_general_orjson": general_ms,
-              "rest_only_total_ms": total}
+              "rest_only_total_ms": total,
+              "serving_bytes": {"request_bytes": len(binary), "steps_ms": bytes_steps,
+                                "rest_only_total_ms": round(sum(bytes_steps.values()), 1)}}
     if args.grpc_p50_ms:
         result["grpc_p50_ms"] = args.grpc_p50_ms
         result["budget_for_1_5x_ms"] = round(0.5 * args.grpc_p50_ms, 1)
