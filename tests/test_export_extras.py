@@ -56,14 +56,18 @@ def test_layout_warmup_and_metadata(exports, samples):
     records = [prediction_log_pb2.PredictionLog.FromString(r) for r in
                __import__("tensorflow").data.TFRecordDataset(
                    str(warmup_path(base / "1"))).as_numpy_iterator()]
-    assert len(records) == 2
+    # warmup_records=2 float requests, plus one through serving_bytes for its graph
+    assert len(records) == 3
     request = records[0].predict_log.request
     assert request.model_spec.name == "tailseg"
     assert request.model_spec.signature_name == "serving_default"
     assert [d.size for d in request.inputs["image"].tensor_shape.dim] == [1, 24, 36, 3]
+    raw = records[2].predict_log.request
+    assert raw.model_spec.signature_name == "serving_bytes"
+    assert [len(b) for b in raw.inputs["image_bytes"].string_val] == [24 * 36 * 3 * 4]
     assert load_tf(base / "1").metadata["threshold"] == 0.4
     assert load_tf(base / "2").metadata["onnx_opset"] == 17
-    assert first["infra_validation"]["ok"] and first["infra_validation"]["warmup_requests"] == 2
+    assert first["infra_validation"]["ok"] and first["infra_validation"]["warmup_requests"] == 3
 
 
 def test_models_config_lists_stable_and_canary(exports):

@@ -2,8 +2,10 @@
 binary), on a real server over REST and gRPC, against "serving_default" and the graph itself.
 
 The server decodes these requests in Python for its checks and then runs the signature's own
-graph, so each bad request below is checked twice: the server refuses it with a clear 400, and
-the graph refuses it too (the stand-in is not stricter than TF Serving would be)."""
+graph. Each bad request that the graph can express is checked twice: the server refuses it with
+a clear 400, and the graph refuses it too, so real TF Serving would not run it either. The rest
+are refused by TF Serving's JSON parsing (base64, int32, shapes) or, for non-finite values, by a
+documented deliberate difference (see docs/serving.md)."""
 
 from __future__ import annotations
 
@@ -109,7 +111,10 @@ BAD = [
     ({"width": [44, 44]}, "image_bytes[0] holds 16200 bytes", ([30, 30], [44, 44])),
     ({"height": [30, 29]}, "height must be one positive integer", ([30, 29], [45, 45])),
     ({"height": [30]}, "need one value per image (got 2, 1 and 2)", ([30], [45, 45])),
-    ({"height": [30.0, 30.0]}, "height must hold integers", None),
+    ({"height": [30.0, 30.0]}, "height must hold int32 integers", None),
+    ({"height": [2**40, 2**40]}, "height must hold int32 integers", None),
+    # A bare value is a rank-0 tensor in TF Serving's JSON, which the [N] signature refuses.
+    ({"height": 30, "width": 45}, "height must be a list (shape [N])", None),
     ({"image_bytes": [{"b64": base64.b64encode(raw(NAN)[0]).decode()}] * 2},
      "non-finite values", None),
 ]
@@ -163,3 +168,49 @@ def test_models_without_serving_bytes_get_json_from_the_client(tmp_path, images)
         assert np.array_equal(stale.predict(images), expected) and stale.binary is False
         with pytest.raises(Exception, match="not found in signature def"):
             RestClient(old.rest_url, binary=True).predict(images)
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"signature_name": False, "inputs": [[[[0.1, 0.2, 0.3]]]]}, "must be a string value"),
+    ({"signature_name": 0, "inputs": [[[[0.1, 0.2, 0.3]]]]}, "must be a string value"),
+    # The signature is looked up before the inputs are read, as TF Serving's REST handler does.
+    ({"signature_name": "nope", "inputs": {"image_bytes": [{"b64": "!"}]}}, "'nope' not found"),
+])
+def test_signature_names_are_checked_before_the_inputs(server, body, words):
+    status, answer = post(server, body)
+    assert status == 400 and words in answer["error"], answer
+
+
+def test_grpc_sizes_must_be_int32_vectors_and_unknown_signatures_fail_precondition(server, images):
+    from tailseg.serving.warmup import predict_request
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(server.grpc_target))
+    request = predict_request(images, "tailseg", signature="serving_bytes")
+    assert stub.Predict(request, timeout=30).outputs["probability"].tensor_shape.dim[1].size == 30
+    for wrong in (np.array([30, 30], np.int64), np.array([[30, 30]], np.int32)):
+        request.inputs["height"].CopyFrom(to_tensor_proto(wrong))
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(request, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'height' must be DT_INT32 of shape [N]" in error.value.details()
+    request.model_spec.signature_name = "nope"
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # predict_util.cc
+    assert 'Serving signature key "nope" not found.' in error.value.details()
+
+
+def test_the_bytes_view_runs_in_sub_batches_and_hands_back_to_its_version(export):
+    from pathlib import Path
+
+    from tailseg.serving.version import load_version
+
+    loaded = load_version("tailseg", Path(export["saved_model"]))
+    view = loaded.serving("serving_bytes")
+    assert view is loaded.serving("serving_bytes") and view.serving(None) is loaded
+    assert view.serving("serving_bytes") is view
+    batch = np.random.default_rng(5).uniform(.02, .3, (5, 16, 20, 3)).astype(np.float32)
+    whole = loaded.predict(batch)
+    # 320 pixels per image: chunks of 2 images, the last one alone
+    assert np.array_equal(view.predict(batch, chunk_pixels=700), whole)

@@ -39,7 +39,8 @@ class RestClient:
     """TF Serving REST API client (columnar "inputs" requests).
 
     Images go as base64 raw float32 to the "serving_bytes" signature when the model has it
-    (binary=None: asked once from the model's metadata), else as JSON numbers to
+    (binary=None: asked once from the model's metadata; a later "signature not found", after a
+    rollback to an older version, switches this client to JSON), else as JSON numbers to
     "serving_default"; both give the same probabilities. binary=True or False forces one.
     """
 
@@ -99,6 +100,9 @@ class RestClient:
         from tailseg.serving.protocol import parse_predict_response_body
 
         if self.binary:
+            if images.ndim != 4:
+                raise ServingClientError(f"{self.model_url}: images must be [N, H, W, 3], got "
+                                         f"shape {list(images.shape)}")
             count, height, width, _ = images.shape
             raw = [{"b64": base64.b64encode(image.astype("<f4").tobytes()).decode("ascii")}
                    for image in images]

@@ -155,6 +155,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         version, label = spec_choice(request.model_spec)
         loaded = self.registry.resolve(request.model_spec.name, version, label)
+        signature = request.model_spec.signature_name or SIGNATURE
+        if signature not in loaded.signature_defs:  # predict_util.cc's words and code
+            raise ServingRequestError(f'Serving signature key "{signature}" not found.',
+                                      "FAILED_PRECONDITION")
         images = loaded.request_images(request)
         probability = self.runtime.predict(loaded.serving(request.model_spec.signature_name),
                                            images, deadline, context.is_active)

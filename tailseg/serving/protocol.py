@@ -17,7 +17,7 @@ import orjson
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from tailseg.errors import ServingRequestError
-from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, OUTPUT_NAME
+from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, OUTPUT_NAME, SIGNATURE
 from tailseg.serving.limits import gc_paused
 from tailseg.serving.numeric_json import decode_numeric_body
 
@@ -162,13 +162,18 @@ def _numeric_array(values, what: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
-    """Parse a REST :predict body -> (images, row_format, signature_name)."""
+def parse_predict_body(body: bytes, signatures=None) -> tuple[np.ndarray, bool, str | None]:
+    """Parse a REST :predict body -> (images, row_format, signature_name).
+
+    Args:
+        signatures: the served version's signature names; as TF Serving's REST handler, an
+            unknown signature_name is refused before the inputs are read (None: not checked).
+    """
     with gc_paused():
-        return _parse_predict_body(body)
+        return _parse_predict_body(body, signatures)
 
 
-def _parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
+def _parse_predict_body(body: bytes, signatures=None) -> tuple[np.ndarray, bool, str | None]:
     # A plain {"inputs" | "instances": [numbers]} body skips Python objects; anything else,
     # errors included, takes the general path below.
     if (fast := decode_numeric_body(body, ("instances", "inputs"))) is not None:
@@ -186,6 +191,11 @@ def _parse_predict_body(body: bytes) -> tuple[np.ndarray, bool, str | None]:
     if ("instances" in payload) == ("inputs" in payload):
         raise ServingRequestError("request must have exactly one of 'instances' or 'inputs'")
     signature = payload.get("signature_name")
+    if signature is not None and not isinstance(signature, str):
+        raise ServingRequestError("'signature_name' key must be a string value.")
+    if signatures is not None and (signature or SIGNATURE) not in signatures:
+        raise ServingRequestError(f"Serving signature name: {signature!r} not found in "
+                                  "signature def")
     if signature == BYTES_SIGNATURE:
         return _bytes_body(payload), "instances" in payload, signature
     if "instances" in payload:
@@ -216,13 +226,17 @@ def _bytes_body(payload: dict) -> np.ndarray:
                                       f"exactly {expected}")
         columns = {name: [row[name] for row in rows] for name in BYTES_INPUTS}
     raw_name, height_name, width_name = BYTES_INPUTS
-    values = [columns[name] if isinstance(columns[name], list) else [columns[name]]
-              for name in BYTES_INPUTS]
-    raw = [_binary(value, f"{raw_name}[{index}]") for index, value in enumerate(values[0])]
+    for name in BYTES_INPUTS:  # each input is a tensor of shape [N]: a list, even for one image
+        if not isinstance(columns[name], list):
+            raise ServingRequestError(f"{name} must be a list (shape [N]), got "
+                                      f"{type(columns[name]).__name__}")
+    raw = [_binary(value, f"{raw_name}[{index}]")
+           for index, value in enumerate(columns[raw_name])]
     sizes = []
-    for name, column in zip((height_name, width_name), values[1:], strict=True):
-        if not all(type(value) is int for value in column):
-            raise ServingRequestError(f"{name} must hold integers, got {column[:4]}")
+    for name in (height_name, width_name):
+        column = columns[name]
+        if not all(type(value) is int and -2**31 <= value < 2**31 for value in column):
+            raise ServingRequestError(f"{name} must hold int32 integers, got {column[:4]}")
         sizes.append(np.asarray(column, np.int64))
     return bytes_images(raw, *sizes)
 

@@ -216,7 +216,8 @@ def make_handler(runtime: ServingRuntime, limits: RestLimits):
                     loaded = registry.resolve(name, version, label)
                     body = self._read_body(deadline)
                     with decode_slots:
-                        images, row_format, signature = parse_predict_body(body)
+                        images, row_format, signature = parse_predict_body(
+                            body, loaded.signature_defs)
                     del body
                     return predict_response_json(
                         runtime.predict(loaded.serving(signature), images, deadline), row_format)

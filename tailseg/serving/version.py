@@ -11,11 +11,13 @@ requests).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tensorflow.core.framework.types_pb2 import DT_INT32, DataType
 
 from tailseg.errors import ModelFormatError, ServingRequestError
 from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, OUTPUT_NAME, SIGNATURE
@@ -97,27 +99,33 @@ class LoadedVersion:
     function: object
     keepalive: object = None
     signature: str = SIGNATURE
+    base: LoadedVersion | None = None  # set on a view: the version it views
     _views: dict = field(default_factory=dict, repr=False)
+    _views_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def serving(self, signature: str | None) -> LoadedVersion:
         """This version as the named signature runs it (the same object for each name, so the
         batcher keeps one queue per version and signature).
 
         Raises:
-            ServingRequestError: the version has no such signature.
+            ServingRequestError: the version has no such signature (INVALID_ARGUMENT with the
+                words of TF Serving's REST handler; gRPC answers its own words first).
         """
+        if self.base is not None:
+            return self.base.serving(signature)
         signature = signature or SIGNATURE
         if signature not in self.signature_defs or signature not in CONTRACTS:
             raise ServingRequestError(f"Serving signature name: {signature!r} not found in "
                                       f"signature def of {self.name} version {self.version}")
-        if signature == self.signature:
+        if signature == SIGNATURE:
             return self
-        if signature not in self._views:
-            function = self.keepalive.signatures[signature]
-            self._views[signature] = LoadedVersion(
-                self.name, self.version, self.path, self.signature_defs,
-                _through_bytes(function), self.keepalive, signature)
-        return self._views[signature]
+        with self._views_lock:
+            if signature not in self._views:
+                function = _through_bytes(self.keepalive.signatures[signature])
+                self._views[signature] = LoadedVersion(
+                    self.name, self.version, self.path, self.signature_defs, function,
+                    self.keepalive, signature, base=self)
+            return self._views[signature]
 
     def predict(self, images: np.ndarray, deadline: float | None = None,
                 alive: Callable[[], bool] | None = None,
@@ -154,10 +162,15 @@ class LoadedVersion:
             raise ServingRequestError(f"request inputs are {names}; {signature} takes exactly "
                                       f"{expected}")
         if signature == BYTES_SIGNATURE:
-            raw, height, width = (request.inputs[name] for name in BYTES_INPUTS)
+            raw, *sizes = (request.inputs[name] for name in BYTES_INPUTS)
+            for name, size in zip(BYTES_INPUTS[1:], sizes, strict=True):
+                if size.dtype != DT_INT32 or len(size.tensor_shape.dim) != 1:
+                    raise ServingRequestError(
+                        f"input {name!r} must be DT_INT32 of shape [N], got "
+                        f"{DataType.Name(size.dtype)} {[d.size for d in size.tensor_shape.dim]}")
             return bytes_images(strings_from_tensor_proto(raw, BYTES_INPUTS[0]),
-                                from_tensor_proto(height, BYTES_INPUTS[1]),
-                                from_tensor_proto(width, BYTES_INPUTS[2]))
+                                *(from_tensor_proto(size, name)
+                                  for name, size in zip(BYTES_INPUTS[1:], sizes, strict=True)))
         return check_image(from_tensor_proto(request.inputs[INPUT_NAME]))
 
     def predict_request(self, request) -> np.ndarray:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tensorflow.core.framework.types_pb2 import DT_STRING
 
 from tailseg.errors import ModelFormatError
-from tailseg.export import INPUT_NAME, SIGNATURE
+from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, SIGNATURE
 from tailseg.serving.protocol import check_image, to_tensor_proto
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -35,13 +36,26 @@ def predict_request(images: np.ndarray, model_name: str, version: int | None = N
         request.model_spec.version.value = version
     elif label is not None:
         request.model_spec.version_label = label
-    request.inputs[INPUT_NAME].CopyFrom(to_tensor_proto(np.asarray(images, np.float32)))
+    images = np.asarray(images, np.float32)
+    if signature != BYTES_SIGNATURE:
+        request.inputs[INPUT_NAME].CopyFrom(to_tensor_proto(images))
+        return request
+    count, height, width, _ = images.shape
+    raw, height_name, width_name = BYTES_INPUTS
+    strings = request.inputs[raw]
+    strings.dtype = DT_STRING
+    strings.tensor_shape.dim.add(size=count)
+    strings.string_val.extend(image.astype("<f4").tobytes() for image in images)
+    request.inputs[height_name].CopyFrom(to_tensor_proto(np.full(count, height, np.int32)))
+    request.inputs[width_name].CopyFrom(to_tensor_proto(np.full(count, width, np.int32)))
     return request
 
 
 def write_warmup_file(saved_model_dir: str | Path, images: np.ndarray, model_name: str,
                       max_records: int = 4) -> Path:
-    """Write one batch-1 request per image (the first max_records images).
+    """Write one batch-1 request per image (the first max_records images), and one more
+    through "serving_bytes" when the SavedModel has that signature, so a broken bytes graph
+    fails the load instead of the first request.
 
     Returns:
         The path of the written file.
@@ -52,13 +66,18 @@ def write_warmup_file(saved_model_dir: str | Path, images: np.ndarray, model_nam
     images = check_image(np.asarray(images, np.float32), "sample_images")
     if not 1 <= max_records <= MAX_WARMUP_RECORDS:
         raise ValueError(f"max_records must be in 1..{MAX_WARMUP_RECORDS}, got {max_records}")
+    from tailseg.serving.version import read_signature_defs
+
+    requests = [predict_request(image[None], model_name) for image in images[:max_records]]
+    if BYTES_SIGNATURE in read_signature_defs(Path(saved_model_dir)) and \
+            len(requests) < MAX_WARMUP_RECORDS:
+        requests.append(predict_request(images[:1], model_name, signature=BYTES_SIGNATURE))
     path = warmup_path(saved_model_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for image in images[:max_records]:
+        for request in requests:
             log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(
-                    request=predict_request(image[None], model_name)))
+                predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     return path
 
