@@ -355,3 +355,37 @@ def test_grpc_deadline_and_cancellation_stop_queued_work(limited_server):
             sample(before, count, model_name="tailseg", status=status) == 1, status
     assert sample(after, count, model_name="tailseg", status="OK") - \
         sample(before, count, model_name="tailseg", status="OK") == 2
+
+
+# Timing-dependent as the gRPC test above (the small request must still wait when its client
+# leaves); slow-marked for the same reason.
+@pytest.mark.slow
+def test_a_rest_client_that_disconnects_cancels_its_queued_request(limited_server):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(limited_server.grpc_target,
+                              options=[("grpc.max_send_message_length", 2**30),
+                                       ("grpc.max_receive_message_length", 2**30)]))
+    count = ":tensorflow:serving:request_count_total"
+    before = scrape(limited_server.rest_url)
+    running = stub.Predict.future(
+        predict_request(np.full((1, 1400, 1400, 3), .1, np.float32), "tailseg"), timeout=60)
+    wait_for(lambda: sample(scrape(limited_server.rest_url),
+                            "tailseg_serving_pixels_in_flight") == 1400 * 1400,
+             what="the large request to be admitted")
+    body = json.dumps({"inputs": np.full((1, 8, 8, 3), .1).tolist()}).encode()
+    host, port = limited_server.rest_url.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)))
+    client.sendall(b"POST /v1/models/tailseg:predict HTTP/1.1\r\nHost: x\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                   + body)
+    wait_for(lambda: sample(scrape(limited_server.rest_url),
+                            "tailseg_serving_queued_requests") == 1,
+             what="the REST request to be queued")
+    client.close()  # the client gives up while its request waits for the pixel budget
+    running.result()
+    after = wait_for(lambda: (s := scrape(limited_server.rest_url)) and sample(
+        s, count, model_name="tailseg", status="CANCELLED") > sample(
+        before, count, model_name="tailseg", status="CANCELLED") and s,
+        what="the abandoned REST request to be recorded as cancelled")
+    assert sample(after, count, model_name="tailseg", status="OK") - \
+        sample(before, count, model_name="tailseg", status="OK") == 1  # only the large one ran

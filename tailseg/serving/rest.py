@@ -12,7 +12,9 @@ cap). Query strings are ignored, as TF Serving routes on the URI path only.
 Limits: one thread per connection, at most max_connections at once (more are answered 503 and
 closed); every socket read times out after the REST timeout (--rest_api_timeout_in_ms), which
 also bounds the whole request; a body whose declared Content-Length exceeds the limit is refused
-before any of it is read, then the connection is closed after a short, bounded drain.
+before any of it is read, then the connection is closed after a short, bounded drain. A client
+that closes its connection while its prediction waits for the pixel budget, a batch or the next
+sub-batch cancels it (CANCELLED, as a cancelled gRPC call), like a passed deadline (504).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import select
 import socket
 import threading
 import time
@@ -184,9 +187,12 @@ def make_handler(runtime: ServingRuntime, limits: RestLimits):
             self.send_header("Content-Length", str(len(body)))
             if self.close_connection:
                 self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            try:
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+            except OSError:  # the client left (e.g. it gave up on a cancelled request)
+                self.close_connection = True
 
         def _route(self, method: str, path: str, deadline: float):
             if path == "/readyz" and method == "GET":
@@ -219,9 +225,20 @@ def make_handler(runtime: ServingRuntime, limits: RestLimits):
                         images, row_format, signature = parse_predict_body(
                             body, loaded.signature_defs)
                     del body
-                    return predict_response_json(
-                        runtime.predict(loaded.serving(signature), images, deadline), row_format)
+                    return predict_response_json(runtime.predict(
+                        loaded.serving(signature), images, deadline, self._client_connected),
+                        row_format)
             raise HttpError(501, f"{suffix[1:]} is not implemented; this model serves :predict")
+
+        def _client_connected(self) -> bool:
+            """False once the client has closed its side: the socket reads as ended. (Bytes a
+            client sends ahead, such as its next request, leave it connected.)"""
+            try:
+                if not select.select([self.connection], [], [], 0)[0]:
+                    return True
+                return self.connection.recv(1, socket.MSG_PEEK) != b""
+            except (OSError, ValueError):  # reset, or already closed
+                return False
 
         def _content_length(self) -> int:
             try:
