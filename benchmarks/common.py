@@ -47,12 +47,18 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+def result_path(name: str) -> Path:
+    """benchmarks/results/<name>.json for a bare name; a name ending in .json is a path."""
+    return Path(name) if name.endswith(".json") else RESULTS / f"{name}.json"
+
+
 def write_result(name: str, payload: dict) -> Path:
-    """Write benchmarks/results/<name>.json with the date and machine."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    """Write benchmarks/results/<name>.json (or the path name, see result_path) with the date
+    and machine. The JSON is printed first, so a failed write loses no measurement."""
+    path = result_path(name)
+    payload = {"benchmark": path.stem, "date": datetime.now(UTC).isoformat(timespec="seconds"),
                "machine": machine(), **payload}
+    print(json.dumps(payload, indent=2), flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
     return path

@@ -43,7 +43,7 @@ from tailseg.runtime import apply_tensorflow_environment  # noqa: E402
 
 apply_tensorflow_environment()  # the allocator setting, as the CLI, before TensorFlow loads
 
-from benchmarks.common import cpu, matmul_gflops, write_result  # noqa: E402
+from benchmarks.common import cpu, matmul_gflops, result_path, write_result  # noqa: E402
 from tailseg.config import load_run_yaml, parse_config  # noqa: E402
 from tailseg.crossval import assign_folds, fold_split  # noqa: E402
 from tailseg.dataset import find_pairs, load_chips  # noqa: E402
@@ -164,9 +164,11 @@ def main() -> None:
     parser.add_argument("--min-site-ha", type=float, default=0.5)
     parser.add_argument("--variants", nargs="+", default=["default", "tversky_0.7"],
                         choices=list(VARIANTS))
-    parser.add_argument("--out", default="quality_cv")
+    parser.add_argument("--out", default="quality_cv",
+                        help="A name under benchmarks/results/ or a path ending in .json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    result_path(args.out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after hours
     path = Path(args.config).resolve()
     base = (load_run_yaml(path).get("parameters") or {}).get("config") or {}
     first = resolve_paths(parse_config(base, str(path)), path.parent)

@@ -22,3 +22,16 @@ def test_area_follows_the_row_areas_and_diagonal_pixels_join_one_site():
     small_rows, large_rows = np.full(10, 800.0), np.full(10, 900.0)
     assert not drop_small_sites(predicted, small_rows, min_ha=0.5).any()   # 0.48 ha
     assert drop_small_sites(predicted, large_rows, min_ha=0.5).sum() == 6  # 0.54 ha
+
+
+def test_results_go_under_results_by_name_or_to_a_json_path(tmp_path, capsys):
+    # A 100-minute cross-validation once lost its result to "--out benchmarks/results/x.json"
+    # read as a name (results/benchmarks/results/x.json.json, whose folder did not exist).
+    from benchmarks.common import RESULTS, result_path, write_result
+
+    assert result_path("quality_cv") == RESULTS / "quality_cv.json"
+    target = tmp_path / "new" / "folder" / "cv.json"
+    assert result_path(str(target)) == target
+    written = write_result(str(target), {"pooled_iou": 0.3})
+    assert written == target and '"pooled_iou": 0.3' in target.read_text()
+    assert '"pooled_iou": 0.3' in capsys.readouterr().out  # printed too
