@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from tailseg.constants import BANDS
-from tailseg.errors import ExportError
+from tailseg.errors import ExportError, ModelFormatError
 from tailseg.runtime import tensorflow_environment
 
 SIGNATURE = "serving_default"
@@ -123,6 +123,17 @@ def write_onnx(saved_model_dir: str | Path, onnx_path: str | Path, opset: int) -
         raise ExportError(f"{saved_model_dir}: tf2onnx conversion failed:\n"
                           f"{result.stderr[-3000:]}")
     return onnx_path
+
+
+def read_signature_defs(saved_model_dir: Path) -> dict:
+    """SignatureDef protos of the serve meta graph, as TF Serving reports them in metadata."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel.FromString((saved_model_dir / "saved_model.pb").read_bytes())
+    graph = next((g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags), None)
+    if graph is None:
+        raise ModelFormatError(f"{saved_model_dir}: no meta graph tagged 'serve'")
+    return {k: v for k, v in graph.signature_def.items() if not k.startswith("__")}
 
 
 def existing_versions(base_path: str | Path) -> list[int]:

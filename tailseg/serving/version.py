@@ -20,7 +20,14 @@ import numpy as np
 from tensorflow.core.framework.types_pb2 import DT_INT32, DataType
 
 from tailseg.errors import ModelFormatError, ServingRequestError
-from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from tailseg.export import (
+    BYTES_INPUTS,
+    BYTES_SIGNATURE,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIGNATURE,
+    read_signature_defs,
+)
 from tailseg.serving.limits import check_alive
 from tailseg.serving.protocol import (
     bytes_images,
@@ -38,17 +45,6 @@ CONTRACTS = {  # signature -> inputs / outputs -> name -> (dtype name, shape)
                                  BYTES_INPUTS[2]: ("DT_INT32", [-1])},
                       "outputs": {OUTPUT_NAME: ("DT_FLOAT", [-1, -1, -1, 1])}},
 }
-
-
-def read_signature_defs(saved_model_dir: Path) -> dict:
-    """SignatureDef protos of the serve meta graph, as TF Serving reports them in metadata."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved = saved_model_pb2.SavedModel.FromString((saved_model_dir / "saved_model.pb").read_bytes())
-    graph = next((g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags), None)
-    if graph is None:
-        raise ModelFormatError(f"{saved_model_dir}: no meta graph tagged 'serve'")
-    return {k: v for k, v in graph.signature_def.items() if not k.startswith("__")}
 
 
 def check_signature(saved_model_dir: Path, signature_defs: dict) -> None:

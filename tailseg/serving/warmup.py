@@ -13,7 +13,7 @@ import numpy as np
 from tensorflow.core.framework.types_pb2 import DT_STRING
 
 from tailseg.errors import ModelFormatError
-from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, SIGNATURE
+from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, SIGNATURE, read_signature_defs
 from tailseg.serving.protocol import check_image, to_tensor_proto
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -66,8 +66,6 @@ def write_warmup_file(saved_model_dir: str | Path, images: np.ndarray, model_nam
     images = check_image(np.asarray(images, np.float32), "sample_images")
     if not 1 <= max_records <= MAX_WARMUP_RECORDS:
         raise ValueError(f"max_records must be in 1..{MAX_WARMUP_RECORDS}, got {max_records}")
-    from tailseg.serving.version import read_signature_defs
-
     requests = [predict_request(image[None], model_name) for image in images[:max_records]]
     if BYTES_SIGNATURE in read_signature_defs(Path(saved_model_dir)) and \
             len(requests) < MAX_WARMUP_RECORDS:
