@@ -40,6 +40,7 @@ from tailseg.serving.protocol import (  # noqa: E402
     parse_predict_body,
     parse_predict_response_body,
     predict_response_json,
+    raw_images,
 )
 
 
@@ -114,7 +115,7 @@ def main() -> None:
     total = round(sum(timings.values()), 1)
     # The serving_bytes form of the same request (RestClient's default when the model has it).
     def bytes_body() -> bytes:
-        raw = base64.b64encode(chips[0].astype("<f4").tobytes()).decode("ascii")
+        raw = base64.b64encode(raw_images(chips[:1])[0]).decode("ascii")
         return orjson.dumps({"signature_name": BYTES_SIGNATURE, "inputs": dict(zip(
             BYTES_INPUTS, ([{"b64": raw}], [448], [448]), strict=True))})
     binary = bytes_body()

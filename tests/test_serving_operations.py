@@ -272,11 +272,17 @@ def test_oversize_body_is_refused_from_its_declared_length_without_reading_it(li
     assert seconds < 4  # the answer did not wait for 10 GB (only a bounded drain)
 
 
-def test_requests_beyond_the_pixel_budget_are_refused_not_queued(limited_server):
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(
-        grpc.insecure_channel(limited_server.grpc_target,
+def large_message_stub(server):
+    """A PredictionService stub whose messages may hold 1400 x 1400 chips (gRPC's default
+    limit is 4 MiB)."""
+    return prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(server.grpc_target,
                               options=[("grpc.max_send_message_length", 2**30),
                                        ("grpc.max_receive_message_length", 2**30)]))
+
+
+def test_requests_beyond_the_pixel_budget_are_refused_not_queued(limited_server):
+    stub = large_message_stub(limited_server)
     big = predict_request(np.full((1, 1400, 1400, 3), .1, np.float32), "tailseg")
     codes, refusals, lock = [], [], threading.Lock()
 
@@ -316,10 +322,7 @@ def test_requests_beyond_the_pixel_budget_are_refused_not_queued(limited_server)
 # cannot turn a default run red; run it with `make test-slow`.
 @pytest.mark.slow
 def test_grpc_deadline_and_cancellation_stop_queued_work(limited_server):
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(
-        grpc.insecure_channel(limited_server.grpc_target,
-                              options=[("grpc.max_send_message_length", 2**30),
-                                       ("grpc.max_receive_message_length", 2**30)]))
+    stub = large_message_stub(limited_server)
     big = predict_request(np.full((1, 1400, 1400, 3), .1, np.float32), "tailseg")
     count = ":tensorflow:serving:request_count_total"
     before = scrape(limited_server.rest_url)
@@ -361,10 +364,7 @@ def test_grpc_deadline_and_cancellation_stop_queued_work(limited_server):
 # leaves); slow-marked for the same reason.
 @pytest.mark.slow
 def test_a_rest_client_that_disconnects_cancels_its_queued_request(limited_server):
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(
-        grpc.insecure_channel(limited_server.grpc_target,
-                              options=[("grpc.max_send_message_length", 2**30),
-                                       ("grpc.max_receive_message_length", 2**30)]))
+    stub = large_message_stub(limited_server)
     count = ":tensorflow:serving:request_count_total"
     before = scrape(limited_server.rest_url)
     running = stub.Predict.future(

@@ -97,15 +97,15 @@ class RestClient:
             return self._predict(images)
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
-        from tailseg.serving.protocol import parse_predict_response_body
+        from tailseg.serving.protocol import parse_predict_response_body, raw_images
 
         if self.binary:
             if images.ndim != 4:
                 raise ServingClientError(f"{self.model_url}: images must be [N, H, W, 3], got "
                                          f"shape {list(images.shape)}")
             count, height, width, _ = images.shape
-            raw = [{"b64": base64.b64encode(image.astype("<f4").tobytes()).decode("ascii")}
-                   for image in images]
+            raw = [{"b64": base64.b64encode(value).decode("ascii")}
+                   for value in raw_images(images)]
             body = {"signature_name": BYTES_SIGNATURE,
                     "inputs": dict(zip(BYTES_INPUTS, (raw, [height] * count, [width] * count),
                                        strict=True))}

@@ -101,12 +101,12 @@ def bytes_images(raw: list[bytes], height, width) -> np.ndarray:
     that differ within the request, and byte lengths other than H x W x 3 x 4.
     """
     height, width = (np.asarray(value).reshape(-1) for value in (height, width))
-    names = dict(zip(("raw", "height", "width"), BYTES_INPUTS, strict=True))
+    raw_name, height_name, width_name = BYTES_INPUTS
     if not len(raw) or len(height) != len(raw) or len(width) != len(raw):
         raise ServingRequestError(
-            f"{names['raw']}, {names['height']} and {names['width']} need one value per image "
+            f"{raw_name}, {height_name} and {width_name} need one value per image "
             f"(got {len(raw)}, {len(height)} and {len(width)})")
-    for name, values in ((names["height"], height), (names["width"], width)):
+    for name, values in ((height_name, height), (width_name, width)):
         if values.dtype.kind not in "iu" or (values != values[0]).any() or values[0] < 1:
             raise ServingRequestError(f"{name} must be one positive integer for all images of a "
                                       f"request, got {values.tolist()}")
@@ -114,10 +114,16 @@ def bytes_images(raw: list[bytes], height, width) -> np.ndarray:
     for index, value in enumerate(raw):
         if len(value) != 4 * size:
             raise ServingRequestError(
-                f"{names['raw']}[{index}] holds {len(value)} bytes; {names['height']} "
-                f"{height[0]} x {names['width']} {width[0]} x 3 bands of float32 need {4 * size}")
+                f"{raw_name}[{index}] holds {len(value)} bytes; {height_name} "
+                f"{height[0]} x {width_name} {width[0]} x 3 bands of float32 need {4 * size}")
     images = np.frombuffer(b"".join(raw), "<f4").astype(np.float32)
-    return check_image(images.reshape(len(raw), int(height[0]), int(width[0]), 3), names["raw"])
+    return check_image(images.reshape(len(raw), int(height[0]), int(width[0]), 3), raw_name)
+
+
+def raw_images(images: np.ndarray) -> list[bytes]:
+    """The image_bytes values of a serving_bytes request: each image's float32 values,
+    little-endian, row-major (the inverse of bytes_images)."""
+    return [image.astype("<f4").tobytes() for image in images]
 
 
 def check_image(array: np.ndarray, name: str = INPUT_NAME) -> np.ndarray:

@@ -33,6 +33,7 @@ from tailseg.serving.protocol import (
     bytes_images,
     check_image,
     from_tensor_proto,
+    raw_images,
     strings_from_tensor_proto,
 )
 from tailseg.serving.warmup import read_warmup_requests
@@ -78,7 +79,7 @@ def _through_bytes(function: Callable) -> Callable:
         images = image.numpy()
         count, height, width, _ = images.shape
         return function(**dict(zip(BYTES_INPUTS, (
-            tf.constant([each.astype("<f4").tobytes() for each in images]),
+            tf.constant(raw_images(images)),
             tf.fill([count], height), tf.fill([count], width)), strict=True)))
 
     return call
@@ -169,10 +170,6 @@ class LoadedVersion:
                                   for name, size in zip(BYTES_INPUTS[1:], sizes, strict=True)))
         return check_image(from_tensor_proto(request.inputs[INPUT_NAME]))
 
-    def predict_request(self, request) -> np.ndarray:
-        return self.serving(request.model_spec.signature_name).predict(
-            self.request_images(request))
-
 
 def load_version(name: str, path: Path, require_warmup: bool = False) -> LoadedVersion:
     """Load, check and warm up one version directory. Warm-up failures fail the load."""
@@ -187,8 +184,8 @@ def load_version(name: str, path: Path, require_warmup: bool = False) -> LoadedV
     if require_warmup and not requests:
         raise ModelFormatError(f"{path}: no warm-up requests in assets.extra/")
     for request in requests:
-        output = version.predict_request(request)
         images = version.request_images(request)
+        output = version.serving(request.model_spec.signature_name).predict(images)
         if output.shape != (*images.shape[:3], 1):
             raise ModelFormatError(f"{path}: warm-up output shape {list(output.shape)} does not "
                                    f"match its input {list(images.shape)}")

@@ -14,7 +14,7 @@ from tensorflow.core.framework.types_pb2 import DT_STRING
 
 from tailseg.errors import ModelFormatError
 from tailseg.export import BYTES_INPUTS, BYTES_SIGNATURE, INPUT_NAME, SIGNATURE, read_signature_defs
-from tailseg.serving.protocol import check_image, to_tensor_proto
+from tailseg.serving.protocol import check_image, raw_images, to_tensor_proto
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000
@@ -45,7 +45,7 @@ def predict_request(images: np.ndarray, model_name: str, version: int | None = N
     strings = request.inputs[raw]
     strings.dtype = DT_STRING
     strings.tensor_shape.dim.add(size=count)
-    strings.string_val.extend(image.astype("<f4").tobytes() for image in images)
+    strings.string_val.extend(raw_images(images))
     request.inputs[height_name].CopyFrom(to_tensor_proto(np.full(count, height, np.int32)))
     request.inputs[width_name].CopyFrom(to_tensor_proto(np.full(count, width, np.int32)))
     return request
