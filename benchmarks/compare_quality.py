@@ -62,6 +62,8 @@ VARIANTS: dict[str, dict] = {
     "focal_dice": {"loss": "focal_dice"},
     "bce_lovasz": {"loss": "bce_lovasz"},
     "crop_384": {"crop_size": 384},
+    "crop_448": {"crop_size": 448},
+    "positive_0.25": {"positive_crop_fraction": 0.25},
 }
 SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 
