@@ -10,7 +10,8 @@ Scenes are uint16 digital numbers in UTM, tiled GeoTIFFs, written strip by strip
 
 Margin and overlap default to prediction's defaults (derived from the model's receptive field:
 112 / 256 for this model). Writes benchmarks/results/predict.json (or --results) with medians
-over --repeats runs.
+over --repeats runs, the fraction of the float32 matrix-product rate measured in the same run,
+and minor page faults per megapixel of the prediction (model loading excluded).
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+from tailseg.runtime import apply_tensorflow_environment  # noqa: E402
+
+apply_tensorflow_environment()  # the allocator, as the CLI sets it; the children inherit it
+
+from benchmarks.common import matmul_gflops, minor_faults, write_result  # noqa: E402
+
 S2_TILE_PIXELS = 10980 * 10980
-CPU_PEAK_FLOPS = 200e9  # about 2 cores x AVX-512 FMA; the brief's figure for this machine
 
 
 def rss_mib() -> float:
@@ -74,10 +78,12 @@ def child(scene: str, model: str, backend: str, out: str, margin: str = "",
     after_load = rss_mib()
     blending = {key: int(value) for key, value in (("margin", margin), ("overlap", overlap))
                 if value}
+    faults_before = minor_faults()
     result = predict_scene(scene, predictor, out, PredictConfig(
         convention="dn", progress=False, overwrite=True, **blending))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": result.seconds, "peak_rss_mib": peak,
+                      "minor_faults": minor_faults() - faults_before,
                       "rss_after_load_mib": after_load, "n_windows": result.n_windows,
                       "n_sites": result.n_sites, "timings": result.timings,
                       "margin": result.provenance["margin"],
@@ -107,14 +113,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--margin", default="", help="Default: from the model")
     parser.add_argument("--overlap", default="", help="Default: from the model")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" /
-                                                 "predict.json"))
+    parser.add_argument("--results", default="predict",
+                        help="A name under benchmarks/results/ or a path ending in .json")
     parser.add_argument("--child", nargs=6, metavar=("SCENE", "MODEL", "BACKEND", "OUT",
                                                       "MARGIN", "OVERLAP"))
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
+    peak_flops = matmul_gflops() * 1e9  # this CPU's float32 matrix-product rate, measured now
     work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     export, flops = export_cpu_model(work / "exports")
     models = {"tf": export["saved_model"], "onnx": export["onnx"]}
@@ -137,7 +144,9 @@ def main() -> None:
                    "rss_after_load_mib": round(statistics.median(
                        s["rss_after_load_mib"] for s in samples)),
                    "model_gflops_per_second": round(flops * pixels_per_second / 1e9, 2),
-                   "fraction_of_cpu_peak": round(flops * pixels_per_second / CPU_PEAK_FLOPS, 4),
+                   "fraction_of_matmul_peak": round(flops * pixels_per_second / peak_flops, 4),
+                   "minor_faults_per_megapixel": round(statistics.median(
+                       s["minor_faults"] for s in samples) / (size * size / 1e6)),
                    "projected_s2_tile_minutes": round(S2_TILE_PIXELS / pixels_per_second / 60, 1),
                    "n_windows": samples[0]["n_windows"], "n_sites": samples[0]["n_sites"],
                    "stage_seconds": samples[0]["timings"], "repeats": args.repeats,
@@ -145,14 +154,9 @@ def main() -> None:
             runs.append(run)
             print(json.dumps(run), flush=True)
         scene.unlink()
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": os.uname().machine,
-               "cpus": os.cpu_count(), "model": "ModelConfig() (base_filters 16, depth 4)",
-               "flops_per_pixel": flops, "window": 1024,
-               "cpu_peak_flops_assumed": CPU_PEAK_FLOPS, "runs": runs}
-    out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.results, {"model": "ModelConfig() (base_filters 16, depth 4)",
+                                "flops_per_pixel": flops, "window": 1024,
+                                "cpu_matmul_gflops": round(peak_flops / 1e9, 1), "runs": runs})
 
 
 if __name__ == "__main__":

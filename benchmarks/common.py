@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TENSORFLOW_ENV_KEYS = ("TF_CPU_ALLOCATOR_USE_BFC", "TF_ENABLE_ONEDNN_OPTS")
 CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "fma", "amx_tile")
 
 
@@ -42,9 +44,16 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version()}
+    """Where a result was measured: the CPU model and flags, and the TensorFlow settings
+    (allocator, oneDNN) this process runs with, since both change the numbers."""
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "cpu": cpu(),
+            "python": platform.python_version(),
+            "tensorflow_env": {key: os.environ.get(key) for key in TENSORFLOW_ENV_KEYS}}
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (the allocator's cost shows here)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def result_path(name: str) -> Path:

@@ -1,7 +1,14 @@
 """The minimum-site rule of benchmarks/compare_quality.py: sites below the area are erased from
 the pixels, by ellipsoidal row areas, 8-connected like the site metrics."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from benchmarks.compare_quality import drop_small_sites
 
@@ -35,3 +42,26 @@ def test_results_go_under_results_by_name_or_to_a_json_path(tmp_path, capsys):
     written = write_result(str(target), {"pooled_iou": 0.3})
     assert written == target and '"pooled_iou": 0.3' in target.read_text()
     assert '"pooled_iou": 0.3' in capsys.readouterr().out  # printed too
+
+
+def test_results_name_the_cpu_and_the_tensorflow_settings(tmp_path):
+    from benchmarks.common import write_result
+
+    payload = json.loads(write_result(str(tmp_path / "r.json"), {}).read_text())
+    machine = payload["machine"]
+    assert machine["cpu"]["model"] and machine["cpu"]["cores"] >= 1
+    assert isinstance(machine["cpu"]["flags"], list)
+    assert set(machine["tensorflow_env"]) == {"TF_CPU_ALLOCATOR_USE_BFC", "TF_ENABLE_ONEDNN_OPTS"}
+
+
+@pytest.mark.parametrize("module", ["bench_training", "bench_predict"])
+def test_throughput_benchmarks_run_tensorflow_with_tailsegs_allocator(module):
+    # Issue 13: the benchmarks measure what `tailseg` runs, so they set the allocator before
+    # TensorFlow loads (bench_predict's children inherit it), as the CLI does.
+    root = Path(__file__).resolve().parent.parent
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    code = (f"import os, sys, benchmarks.{module}\n"
+            "print(os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=environ,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-1] == "true"
