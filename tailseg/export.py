@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tailseg.constants import BANDS
 from tailseg.errors import ExportError, ModelFormatError
-from tailseg.runtime import tensorflow_environment
+from tailseg.runtime import cpu_subprocess_environment
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "image"
@@ -117,7 +117,7 @@ def write_onnx(saved_model_dir: str | Path, onnx_path: str | Path, opset: int) -
     onnx_path = Path(onnx_path)
     command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model_dir),
                "--signature_def", SIGNATURE, "--opset", str(opset), "--output", str(onnx_path)]
-    env = {**tensorflow_environment(), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env = cpu_subprocess_environment()
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0 or not onnx_path.is_file():
         raise ExportError(f"{saved_model_dir}: tf2onnx conversion failed:\n"

@@ -67,6 +67,13 @@ def tensorflow_environment(environ: Mapping[str, str] | None = None) -> dict[str
     return {**TENSORFLOW_ENV, **environ}
 
 
+def cpu_subprocess_environment() -> dict[str, str]:
+    """The environment of a TensorFlow helper process that must stay on the CPU (the server
+    launched by tests and tools, infra validation, tf2onnx): os.environ with tailseg's settings,
+    CUDA hidden and TensorFlow's C++ log at warnings."""
+    return {**tensorflow_environment(), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def apply_tensorflow_environment() -> None:
     """Put tailseg's TensorFlow settings into os.environ, keeping any the user set.
 

@@ -41,8 +41,10 @@ def samples():
 def exports(tmp_path_factory, samples):
     """Version 1 (stable), then version 2 of a differently seeded model as canary."""
     export_dir = tmp_path_factory.mktemp("extras") / "exports"
-    first = export_for_serving(tiny_model(1), export_dir, "tailseg", 4, samples,
-                               warmup_records=2, metadata={"threshold": 0.4})
+    with pytest.MonkeyPatch.context() as patch:  # the allocator setting must come from tailseg
+        patch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+        first = export_for_serving(tiny_model(1), export_dir, "tailseg", 4, samples,
+                                   warmup_records=2, metadata={"threshold": 0.4})
     second = export_for_serving(tiny_model(2), export_dir, "tailseg", 4, samples, canary=True)
     return export_dir, first, second
 
@@ -68,6 +70,8 @@ def test_layout_warmup_and_metadata(exports, samples):
     assert load_tf(base / "1").metadata["threshold"] == 0.4
     assert load_tf(base / "2").metadata["onnx_opset"] == 17
     assert first["infra_validation"]["ok"] and first["infra_validation"]["warmup_requests"] == 3
+    # The validating process runs with tailseg's allocator, as the server it stands for.
+    assert first["infra_validation"]["tensorflow_env"] == {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
 
 
 def test_models_config_lists_stable_and_canary(exports):

@@ -16,6 +16,7 @@ import yaml
 
 from tailseg.config import load_run_yaml
 from tailseg.errors import StackConfigError
+from tailseg.runtime import TENSORFLOW_ENV
 from tailseg.stacks import load_stack, load_stacks, merge_run_configs, overlay_orchestrator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +94,8 @@ def test_model_server_is_hardened_and_probed(rendered):
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/tailseg/metadata"
     assert container["livenessProbe"]["httpGet"]["path"] == "/monitoring/prometheus/metrics"
     assert {p["containerPort"] for p in container["ports"]} == {8500, 8501}
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    assert TENSORFLOW_ENV.items() <= env.items()  # the allocator, as every tailseg process
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/models"]["readOnly"] and mounts["/etc/tfserving"]["readOnly"]
     assert "/tmp" in mounts  # the only writable path, an emptyDir
@@ -631,6 +634,19 @@ def test_kubeflow_overlay_requests_gpus_the_kfp_way():
         # docstring), so a node-label value such as nvidia-tesla-t4 asks for a resource no
         # node has.
         assert pod.node_selectors == {"accelerator": "nvidia.com/gpu"}
+
+
+@pytest.mark.parametrize("overlay", ["zenml.k8s.yaml", "zenml.kubeflow.yaml"])
+def test_step_images_run_tensorflow_with_tailsegs_allocator(overlay):
+    # The step images run ZenML's entrypoint, not the tailseg CLI that sets the allocator
+    # locally, so the images carry it: DockerSettings.environment becomes ENV lines of the
+    # image ZenML builds.
+    from zenml.config import DockerSettings
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    run = PipelineRunConfiguration.model_validate(_merged(overlay))
+    docker = DockerSettings.model_validate(run.settings["docker"].model_dump(exclude_unset=True))
+    assert TENSORFLOW_ENV.items() <= docker.environment.items()
 
 
 def test_kubeflow_paths_exist_in_the_pod_and_exports_persist():

@@ -53,10 +53,13 @@ def export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(export, tmp_path_factory):
     base = os.path.dirname(export["saved_model"])
-    with launch_server(["--model-base-path", base, "--model-name", "tailseg", "--poll-seconds",
-                        "0.3", "--max-request-bytes", str(MAX_REQUEST_BYTES),
-                        "--max_pixels_in_flight", str(MAX_PIXELS)],
-                       tmp_path_factory.mktemp("server")) as running:
+    with pytest.MonkeyPatch.context() as patch:  # the allocator setting must come from tailseg
+        patch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+        running = launch_server(
+            ["--model-base-path", base, "--model-name", "tailseg", "--poll-seconds", "0.3",
+             "--max-request-bytes", str(MAX_REQUEST_BYTES), "--max_pixels_in_flight",
+             str(MAX_PIXELS)], tmp_path_factory.mktemp("server"))
+    with running:
         yield running
 
 
@@ -77,6 +80,13 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def test_the_launched_server_runs_with_tailsegs_allocator(server):
+    # Issue 13: every process that runs TensorFlow gets TF_CPU_ALLOCATOR_USE_BFC=true, the
+    # server launched by tools and tests too (read from the live process's environment).
+    environ = open(f"/proc/{server.process.pid}/environ", "rb").read().split(b"\0")
+    assert b"TF_CPU_ALLOCATOR_USE_BFC=true" in environ
 
 
 def test_grpc_predictions_equal_in_process(server, reference, images):

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tailseg.errors import InfraValidationError
-from tailseg.runtime import tensorflow_environment
+from tailseg.runtime import TENSORFLOW_ENV, cpu_subprocess_environment
 
 
 def validate_version(saved_model_dir: str | Path, model_name: str = "model") -> dict:
@@ -31,6 +32,7 @@ def validate_version(saved_model_dir: str | Path, model_name: str = "model") -> 
     signature = json_format.MessageToDict(loaded.signature_defs[SIGNATURE],
                                           preserving_proto_field_name=True)
     return {"ok": True, "saved_model": str(directory), "signature": signature,
+            "tensorflow_env": {key: os.environ.get(key) for key in TENSORFLOW_ENV},
             "warmup_requests": len(read_warmup_requests(directory)),
             "seconds": round(time.perf_counter() - start, 3)}
 
@@ -44,7 +46,7 @@ def run_infra_validation(saved_model_dir: str | Path, model_name: str = "model",
     """
     command = [sys.executable, "-m", "tailseg.serving.infra_validate", str(saved_model_dir),
                "--model-name", model_name]
-    env = {**tensorflow_environment(), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env = cpu_subprocess_environment()
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env,
                                 timeout=timeout, check=False)

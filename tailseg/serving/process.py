@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tailseg.runtime import tensorflow_environment
+from tailseg.runtime import cpu_subprocess_environment
 
 
 @dataclass
@@ -64,7 +64,7 @@ def launch_server(serve_args: list[str], workdir: str | Path,
     out_path, log_path = workdir / "serve.out", workdir / "serve.log"
     command = [sys.executable, "-m", "tailseg.cli", "serve", "--rest-port", "0",
                "--grpc-port", "0", *serve_args]
-    env = {**tensorflow_environment(), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env = cpu_subprocess_environment()
     with open(out_path, "w") as out, open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=out, stderr=log, env=env)
     server = ServerProcess(process, 0, 0, log_path)
