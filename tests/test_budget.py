@@ -2,6 +2,7 @@
 training runs whose cosine decay ends at the last epoch run, or that say they were cut."""
 
 import logging
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -34,6 +35,12 @@ def test_second_epoch_replans_from_the_steady_time_and_may_grow():
 def test_after_calibration_the_plan_never_grows():
     # Faster epochs would fit 39, but the decay already follows 26: growing would raise the lr.
     plan = plan_epochs([30.0, 10.0, 5.0, 5.0], 300, 60, current_plan=26)
+    assert plan.planned_epochs == 26
+
+
+def test_from_the_third_epoch_the_plan_never_grows():
+    # The boundary is right after calibration: 3 done, 7.5 s steady epochs would fit 35.
+    plan = plan_epochs([30.0, 10.0, 5.0], 300, 60, current_plan=26)
     assert plan.planned_epochs == 26
 
 
@@ -73,6 +80,62 @@ def test_planned_cosine_decay_ends_at_alpha_and_follows_a_changed_length():
     assert float(schedule(50)) == pytest.approx(0.05) and schedule.progress(50) == 1.0
     restored = PlannedCosineDecay.from_config(schedule.get_config())
     assert float(restored(25)) == pytest.approx(0.525)
+
+
+# --- the callback alone, on a simulated clock -------------------------------------------------
+
+
+def _drive(durations, max_minutes, monkeypatch, max_epochs=400, steps=2):
+    """Run BudgetSchedule by hand (no training) with epoch i taking durations[i] s on the
+    budget's clock, until it stops the run. Returns the callback and its plan after each
+    epoch."""
+    now = [1000.0]
+    monkeypatch.setattr(budget, "clock", lambda: now[0])
+    callback = budget.BudgetSchedule(PlannedCosineDecay(1e-2, max_epochs * steps), steps,
+                                     max_epochs, max_minutes)
+    model = SimpleNamespace(stop_training=False, optimizer=SimpleNamespace(
+        iterations=keras.Variable(0, dtype="int64", trainable=False)))
+    callback.set_model(model)
+    callback.on_train_begin()
+    plans = []
+    for epoch, seconds in enumerate(durations):
+        callback.on_epoch_begin(epoch)
+        now[0] += seconds
+        model.optimizer.iterations.assign((epoch + 1) * steps)
+        callback.on_epoch_end(epoch)
+        plans.append(callback.planned)
+        if model.stop_training:
+            break
+    return callback, plans
+
+
+def test_the_callback_plans_from_the_first_epoch_including_tracing(monkeypatch):
+    # 57 s usable: after a 12 s first epoch 1 + floor(45 / 12) = 4; after a 6 s second epoch
+    # 2 + floor(39 / 6) = 8.
+    callback, plans = _drive([12.0] + [6.0] * 20, 1, monkeypatch)
+    assert plans == [4, 8, 8, 8, 8, 8, 8, 8]
+    assert callback.summary(len(plans))["stop_reason"] == "completed"
+
+
+def test_a_first_epoch_over_the_budget_stops_the_run_with_a_warning(monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING, logger="tailseg.budget"):
+        callback, plans = _drive([70.0] + [5.0] * 10, 1, monkeypatch)
+    assert plans == [1] and callback.model.stop_training
+    info = callback.summary(1)
+    assert info["stop_reason"] == "time_budget" and not info["schedule_completed"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("time budget of 1.0 min reached after epoch 1 of 400 planned" in m
+               for m in warnings), warnings
+
+
+def test_the_callback_never_grows_the_plan_when_later_epochs_get_faster(monkeypatch):
+    # 10 s epochs plan 5; from epoch 3 on 1 s epochs would fit 9, then 12, but the plan stays 5
+    # and the decay still ends at epoch 5.
+    callback, plans = _drive([10.0, 10.0] + [1.0] * 20, 1, monkeypatch)
+    assert plans == [5, 5, 5, 5, 5]
+    info = callback.summary(5)
+    assert info["planned_epochs"] == 5 and info["schedule_completed"]
+    assert info["stop_reason"] == "completed"
 
 
 # --- real (tiny) training runs ---------------------------------------------------------------

@@ -1,5 +1,6 @@
 """K-fold cross-validation: fold assignment rules, and a tiny real run through `tailseg cv`."""
 
+import hashlib
 import json
 from collections import Counter
 
@@ -37,6 +38,27 @@ def test_each_round_tests_one_fold_and_validates_on_a_share_of_the_rest():
         assert len(split["val"]) == round((99 - len(split["test"])) * 0.15)
         tested += split["test"]
     assert sorted(tested) == IDS  # every chip is tested exactly once
+
+
+def test_folds_and_validation_chips_follow_the_written_hash_rule():
+    # Written rule: rank by sha256("cv:<seed>:<id>"), deal round-robin; of the other folds, the
+    # val_fraction share lowest by sha256("cv-val:<seed>:<id>") validates.
+    ids = [f"mine-{name}" for name in "qwertyuiopas"]
+    seed, folds = 11, 3
+
+    def sha(text):
+        return hashlib.sha256(text.encode()).digest()
+
+    ranked = sorted(ids, key=lambda c: sha(f"cv:{seed}:{c}"))
+    expected = {chip_id: rank % folds for rank, chip_id in enumerate(ranked)}
+    assert assign_folds(ids, folds, seed) == expected
+    for fold in range(folds):
+        test = [c for c in ids if expected[c] == fold]
+        rest = sorted((c for c in ids if expected[c] != fold),
+                      key=lambda c: sha(f"cv-val:{seed}:{c}"))
+        assert len(rest) == 8  # 8 * 0.25 = 2 validate
+        assert fold_split(expected, fold, 0.25, seed) == {
+            "train": sorted(rest[2:]), "val": sorted(rest[:2]), "test": sorted(test)}
 
 
 @pytest.mark.parametrize("n_chips,folds", [(10, 1), (8, 3)])

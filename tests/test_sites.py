@@ -216,3 +216,23 @@ def test_evaluation_drops_sites_under_half_a_hectare_by_default():
     assert "Predicted sites under 0.5 ha are not counted" in card
     everything = evaluate_sites(chips, [probability], 0.5, [np.full(30, 100.0)], min_site_ha=0)
     assert everything["false_sites"] == 1
+
+
+def test_found_needs_iou_of_at_least_a_tenth():
+    truth = np.zeros((20, 20), bool)
+    truth[5:15, 5:15] = True         # 100 px
+    exactly = np.zeros_like(truth)
+    exactly[5, 5:15] = True          # 10 px inside: IoU 10 / 100 = 0.1 -> found
+    below = exactly.copy()
+    below[5, 4] = True               # one more px outside, same site: IoU 10 / 101 -> not found
+    assert site_counts(truth, exactly, ROWS).found == 1
+    assert site_counts(truth, below, ROWS).found == 0
+
+
+def test_a_site_of_exactly_half_a_hectare_is_kept_and_one_just_under_is_dropped():
+    truth = np.zeros((20, 20), bool)
+    predicted = np.zeros_like(truth)
+    predicted[0:5, 0:10] = True      # a false site of 50 px
+    # 100 m2 pixels: exactly 0.5 ha, kept; 99.9 m2 pixels: 0.4995 ha, dropped.
+    assert site_counts(truth, predicted, ROWS, min_site_ha=0.5).false == 1
+    assert site_counts(truth, predicted, np.full(20, 99.9), min_site_ha=0.5).false == 0
