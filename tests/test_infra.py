@@ -643,10 +643,26 @@ def test_step_images_run_tensorflow_with_tailsegs_allocator(overlay):
     # image ZenML builds.
     from zenml.config import DockerSettings
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+    from zenml.utils.pipeline_docker_image_builder import PipelineDockerImageBuilder
 
     run = PipelineRunConfiguration.model_validate(_merged(overlay))
     docker = DockerSettings.model_validate(run.settings["docker"].model_dump(exclude_unset=True))
     assert TENSORFLOW_ENV.items() <= docker.environment.items()
+    dockerfile = PipelineDockerImageBuilder._generate_zenml_pipeline_dockerfile(
+        docker.parent_image, docker)
+    for key, value in TENSORFLOW_ENV.items():
+        assert f"ENV {key}='{value}'" in dockerfile.splitlines()
+
+
+def test_the_allocator_variable_is_one_tensorflow_core_reads():
+    # TF Serving links TensorFlow core's runtime, whose ProcessState reads the variable the
+    # deployment sets; a renamed variable would silently do nothing there and here.
+    import tensorflow as tf
+
+    framework = next(Path(tf.__file__).parent.glob("libtensorflow_framework.so*"))
+    data = framework.read_bytes()
+    for key in TENSORFLOW_ENV:
+        assert key.encode() in data
 
 
 def test_kubeflow_paths_exist_in_the_pod_and_exports_persist():
