@@ -49,13 +49,20 @@ from tailseg.crossval import assign_folds, fold_split  # noqa: E402
 from tailseg.dataset import find_pairs, load_chips  # noqa: E402
 from tailseg.evaluate import best_threshold, predict_chips, threshold_sweep  # noqa: E402
 from tailseg.metrics import Counts, confusion, scores  # noqa: E402
-from tailseg.sites import SiteCounts, raster_row_areas, site_counts, site_scores  # noqa: E402
+from tailseg.sites import (  # noqa: E402
+    SiteCounts,
+    drop_small_sites,
+    false_site_pixels,
+    raster_row_areas,
+    site_counts,
+    site_scores,
+)
 from tailseg.split import split_ids  # noqa: E402
 from tailseg.train import train_model  # noqa: E402
 from tailseg.tta import flip_tta  # noqa: E402
 from tailseg.workflow import keras_predict, resolve_paths  # noqa: E402
 
-# name: training overrides
+# name: training overrides (and, under "model", model overrides)
 VARIANTS: dict[str, dict] = {
     "default": {},
     "tversky_0.7": {"loss": "tversky", "tversky_alpha": 0.7, "tversky_beta": 0.3},
@@ -67,39 +74,35 @@ VARIANTS: dict[str, dict] = {
     # so more context is not confounded with fewer updates.
     "crop_384_batch_4": {"crop_size": 384, "batch_size": 4},
     "positive_0.25": {"positive_crop_fraction": 0.25},
+    # Half the filters (8/16/32/64/128): about a quarter of the FLOPs, less capacity to overfit
+    # 58 training chips; at the local budget it could run more epochs.
+    "filters_8": {"model": {"base_filters": 8}},
 }
 SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 
 
-def drop_small_sites(predicted: np.ndarray, row_areas_m2: np.ndarray, min_ha: float) -> np.ndarray:
-    """predicted (bool) without the 8-connected sites smaller than min_ha hectares."""
-    from scipy import ndimage
-
-    labels, count = ndimage.label(predicted, ndimage.generate_binary_structure(2, 2))
-    if not count:
-        return predicted
-    areas = ndimage.sum_labels(np.broadcast_to(row_areas_m2[:, None], predicted.shape), labels,
-                               np.arange(1, count + 1)) / 1e4
-    keep = np.concatenate([[False], areas >= min_ha])
-    return keep[labels]
-
-
-def score(chips, probabilities, threshold, row_areas, min_ha: float = 0.0) -> tuple[Counts,
-                                                                                      SiteCounts]:
-    pixels, sites = Counts(), SiteCounts()
+def score(chips, probabilities, threshold, row_areas, min_ha: float = 0.0
+          ) -> tuple[Counts, SiteCounts, Counts]:
+    """Pixel counts, site counts, and pixel counts with the false sites' pixels left out (some
+    of them are unlabelled tailings: the labels mark one site per chip)."""
+    pixels, sites, off_label = Counts(), SiteCounts(), Counts()
     for chip, probability in zip(chips, probabilities, strict=True):
-        predicted = probability >= threshold
+        truth, predicted = chip.mask == 1, probability >= threshold
         if min_ha:
             predicted = drop_small_sites(predicted, row_areas[chip.chip_id], min_ha)
-        pixels = pixels + confusion(chip.mask == 1, predicted)
-        sites = sites + site_counts(chip.mask == 1, predicted, row_areas[chip.chip_id])
-    return pixels, sites
+        pixels = pixels + confusion(truth, predicted)
+        sites = sites + site_counts(truth, predicted, row_areas[chip.chip_id])
+        off_label = off_label + confusion(truth, predicted,
+                                          valid=~false_site_pixels(truth, predicted))
+    return pixels, sites, off_label
 
 
-def summarise(per_fold: list[dict], pooled: Counts, sites: SiteCounts) -> dict:
+def summarise(per_fold: list[dict], pooled: Counts, sites: SiteCounts, off_label: Counts
+              ) -> dict:
     ious = np.array([fold["iou"] for fold in per_fold])
     f1s = np.array([fold["f1"] for fold in per_fold])
     return {"pooled": scores(pooled), "sites_pooled": site_scores(sites),
+            "pooled_iou_without_false_sites": scores(off_label)["iou"],
             "mean_iou": float(ious.mean()), "std_iou": float(ious.std(ddof=1)),
             "mean_f1": float(f1s.mean()), "std_f1": float(f1s.std(ddof=1)),
             "per_fold_iou": [round(float(v), 4) for v in ious],
@@ -111,7 +114,7 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
     options = {"plain": (False, 0.0), "tta": (True, 0.0), "plain_min_site": (False, min_ha),
                "tta_min_site": (True, min_ha)}
     per_fold = {name: [] for name in options}
-    pooled = {name: (Counts(), SiteCounts()) for name in options}
+    pooled = {name: (Counts(), SiteCounts(), Counts()) for name in options}
     oof = {False: ([], []), True: ([], [])}  # tta -> (chips, probabilities) out of fold
     holdout_probabilities = {False: [], True: []}
     holdout_single = {name: [] for name in options}
@@ -138,10 +141,10 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
             for name, (option_tta, option_min) in options.items():
                 if option_tta != tta:
                     continue
-                pixels, sites = score(test, test_probabilities, threshold, row_areas, option_min)
-                per_fold[name].append({**scores(pixels), "threshold": threshold})
-                pooled[name] = (pooled[name][0] + pixels, pooled[name][1] + sites)
-                held, _ = score(holdout, held_probabilities, threshold, row_areas, option_min)
+                counts = score(test, test_probabilities, threshold, row_areas, option_min)
+                per_fold[name].append({**scores(counts[0]), "threshold": threshold})
+                pooled[name] = tuple(a + b for a, b in zip(pooled[name], counts, strict=True))
+                held, _, _ = score(holdout, held_probabilities, threshold, row_areas, option_min)
                 holdout_single[name].append(scores(held)["iou"])
         logging.info("fold %d/%d done: plain IoU %.4f, tta IoU %.4f", fold + 1, folds,
                      per_fold["plain"][-1]["iou"], per_fold["tta"][-1]["iou"])
@@ -153,7 +156,7 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
         threshold = best_threshold(threshold_sweep(oof[tta][0], oof[tta][1], SWEEP))
         ensemble = [np.mean(stack, axis=0) for stack in zip(*holdout_probabilities[tta],
                                                               strict=True)]
-        held, held_sites = score(holdout, ensemble, threshold, row_areas, option_min)
+        held, held_sites, _ = score(holdout, ensemble, threshold, row_areas, option_min)
         report[name]["holdout_ensemble"] = {**scores(held), "threshold": threshold,
                                             "sites": site_scores(held_sites)}
     return report
@@ -188,10 +191,12 @@ def main() -> None:
     results = {}
     for name in args.variants:
         started = time.monotonic()
-        training = {**base.get("training", {}), **VARIANTS[name], "verbose": 0,
+        overrides = dict(VARIANTS[name])
+        model = {**base.get("model", {}), **overrides.pop("model", {})}
+        training = {**base.get("training", {}), **overrides, "verbose": 0,
                     "epochs": args.epochs, "max_minutes": args.minutes}
-        config = resolve_paths(parse_config({**base, "training": training}, str(path)),
-                               path.parent)
+        config = resolve_paths(parse_config({**base, "model": model, "training": training},
+                                            str(path)), path.parent)
         results[name] = run_variant(config, chips, holdout, row_areas, args.folds,
                                     args.min_site_ha)
         results[name]["seconds"] = round(time.monotonic() - started, 1)

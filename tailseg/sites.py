@@ -100,6 +100,41 @@ class SiteCounts:
                           self.area_km2 + other.area_km2, self.area_errors + other.area_errors)
 
 
+def drop_small_sites(predicted: np.ndarray, row_areas_m2: np.ndarray, min_site_ha: float = 0.0,
+                     min_site_pixels: int = 0, connectivity: int = 8) -> np.ndarray:
+    """predicted (boolean-like, (H, W)) without its sites under min_site_pixels pixels or under
+    min_site_ha hectares (row_areas_m2: (H,) area of one pixel per row): the minimum site size
+    that `tailseg predict` applies to its polygons, here on pixels."""
+    predicted = np.asarray(predicted).astype(bool)
+    if not (min_site_pixels > 1 or min_site_ha > 0):
+        return predicted
+    labels, count = ndimage.label(predicted, _STRUCTURE[connectivity])
+    if not count:
+        return predicted
+    areas = np.broadcast_to(row_areas_m2[:, None], predicted.shape)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    hectares = np.bincount(labels.ravel(), areas.ravel(), minlength=count + 1) \
+        / SQUARE_METRES_PER_HECTARE
+    keep = (sizes >= min_site_pixels) & (hectares >= min_site_ha)
+    keep[0] = False
+    return keep[labels]
+
+
+def false_site_pixels(truth: np.ndarray, predicted: np.ndarray, connectivity: int = 8
+                      ) -> np.ndarray:
+    """The pixels of the predicted sites that touch no labelled tailings pixel (false sites).
+
+    Labels are partial, so some of these are real, unlabelled tailings: scoring with them left
+    out (metrics.confusion(..., valid=~false_site_pixels(...))) bounds what the partial labels
+    cost a model's pixel scores."""
+    truth, predicted = np.asarray(truth).astype(bool), np.asarray(predicted).astype(bool)
+    labels, count = ndimage.label(predicted, _STRUCTURE[connectivity])
+    touching = np.zeros(count + 1, bool)
+    touching[np.unique(labels[truth])] = True
+    touching[0] = True
+    return ~touching[labels]
+
+
 def site_counts(truth: np.ndarray, predicted: np.ndarray, row_areas_m2: np.ndarray,
                 connectivity: int = 8, min_iou: float = MIN_IOU,
                 min_site_pixels: int = 0, min_site_ha: float = 0.0) -> SiteCounts:
@@ -115,15 +150,9 @@ def site_counts(truth: np.ndarray, predicted: np.ndarray, row_areas_m2: np.ndarr
                          f"row areas {row_areas_m2.shape}")
     areas = np.broadcast_to(row_areas_m2[:, None], truth.shape)
     true_labels, n_true = ndimage.label(truth, _STRUCTURE[connectivity])
+    predicted = drop_small_sites(predicted, row_areas_m2, min_site_ha, min_site_pixels,
+                                 connectivity)
     pred_labels, n_pred = ndimage.label(predicted, _STRUCTURE[connectivity])
-    if (min_site_pixels > 1 or min_site_ha > 0) and n_pred:
-        sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
-        hectares = np.bincount(pred_labels.ravel(), areas.ravel(), minlength=n_pred + 1) \
-            / SQUARE_METRES_PER_HECTARE
-        small = (sizes < min_site_pixels) | (hectares < min_site_ha)
-        small[0] = False
-        pred_labels[small[pred_labels]] = 0
-        pred_labels, n_pred = ndimage.label(pred_labels > 0, _STRUCTURE[connectivity])
     pred_area = ndimage.sum_labels(areas, pred_labels, np.arange(1, n_pred + 1))
     found, errors = 0, []
     for site in range(1, n_true + 1):

@@ -1,5 +1,6 @@
-"""The minimum-site rule of benchmarks/compare_quality.py: sites below the area are erased from
-the pixels, by ellipsoidal row areas, 8-connected like the site metrics."""
+"""benchmarks/compare_quality.py: the minimum-site rule it applies to pixels (tailseg.sites:
+sites below the area are erased, by ellipsoidal row areas, 8-connected like the site metrics),
+the false-site pixels it leaves out for the partial-label bound, and where results go."""
 
 import json
 import os
@@ -10,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.compare_quality import drop_small_sites
+from tailseg.dataset import Chip
+from tailseg.sites import drop_small_sites, false_site_pixels
 
 
 def test_sites_below_the_minimum_area_are_erased_and_the_rest_kept_whole():
     predicted = np.zeros((40, 40), bool)
     predicted[2:5, 2:5] = True        # 9 pixels of 100 m2: 0.09 ha
     predicted[10:30, 10:30] = True    # 400 pixels: 4 ha
-    kept = drop_small_sites(predicted, np.full(40, 100.0), min_ha=0.5)
+    kept = drop_small_sites(predicted, np.full(40, 100.0), min_site_ha=0.5)
     assert not kept[2:5, 2:5].any()
     assert kept[10:30, 10:30].all() and kept.sum() == 400
 
@@ -27,8 +29,45 @@ def test_area_follows_the_row_areas_and_diagonal_pixels_join_one_site():
     for i in range(6):                # a diagonal line: one 8-connected site of 6 pixels
         predicted[i, i] = True
     small_rows, large_rows = np.full(10, 800.0), np.full(10, 900.0)
-    assert not drop_small_sites(predicted, small_rows, min_ha=0.5).any()   # 0.48 ha
-    assert drop_small_sites(predicted, large_rows, min_ha=0.5).sum() == 6  # 0.54 ha
+    assert not drop_small_sites(predicted, small_rows, min_site_ha=0.5).any()   # 0.48 ha
+    assert drop_small_sites(predicted, large_rows, min_site_ha=0.5).sum() == 6  # 0.54 ha
+
+
+def test_a_minimum_pixel_count_erases_smaller_sites_whatever_their_area():
+    predicted = np.zeros((10, 10), bool)
+    predicted[0:2, 0:2] = True        # 4 pixels
+    predicted[5:8, 5:8] = True        # 9 pixels
+    kept = drop_small_sites(predicted, np.full(10, 1e4), min_site_pixels=5)
+    assert kept.sum() == 9 and kept[5:8, 5:8].all()
+
+
+def test_false_site_pixels_are_the_predicted_sites_touching_no_label():
+    truth = np.zeros((12, 12), bool)
+    truth[2:6, 2:6] = True
+    predicted = np.zeros((12, 12), bool)
+    predicted[4:8, 4:8] = True        # overlaps the label: not false, even where it spills over
+    predicted[9:11, 9:11] = True      # touches no label: a false site
+    predicted[6, 8] = True            # 8-connected to the overlapping site: part of it
+    false = false_site_pixels(truth, predicted)
+    assert false.sum() == 4 and false[9:11, 9:11].all()
+    assert not false_site_pixels(truth, np.zeros_like(truth)).any()
+
+
+def test_the_partial_label_bound_leaves_out_only_the_false_sites_pixels():
+    from benchmarks.compare_quality import score
+    from tailseg.metrics import scores
+
+    mask = np.zeros((12, 12), np.uint8)
+    mask[2:6, 2:6] = 1
+    probability = np.zeros((12, 12), np.float32)
+    probability[4:8, 4:8] = 0.9        # tp 4, fp 12
+    probability[9:11, 9:11] = 0.9      # a false site: fp 4
+    chip = Chip("chip_x", np.zeros((12, 12, 3), np.float32), mask)
+    pixels, sites, off_label = score([chip], [probability], 0.5, {"chip_x": np.full(12, 100.0)})
+    assert (pixels.tp, pixels.fp, pixels.fn) == (4, 16, 12)
+    assert (off_label.tp, off_label.fp, off_label.fn) == (4, 12, 12)
+    assert scores(off_label)["iou"] == pytest.approx(4 / 28)
+    assert sites.false == 1
 
 
 def test_results_go_under_results_by_name_or_to_a_json_path(tmp_path, capsys):
