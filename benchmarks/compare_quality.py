@@ -177,26 +177,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     result_path(args.out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after hours
-    path = Path(args.config).resolve()
-    base = (load_run_yaml(path).get("parameters") or {}).get("config") or {}
-    first = resolve_paths(parse_config(base, str(path)), path.parent)
-    pairs, _ = find_pairs(first.data.data_dir)
-    pairs = pairs[:first.data.max_chips] if first.data.max_chips else pairs
-    loaded, excluded = load_chips(pairs, first.data.convention)
-    held_ids = set(split_ids([chip.chip_id for chip in loaded], first.data)["test"])
-    chips = {chip.chip_id: chip for chip in loaded if chip.chip_id not in held_ids}
-    holdout = [chip for chip in loaded if chip.chip_id in held_ids]
-    masks = {pair.chip_id: pair.mask for pair in pairs}
-    row_areas = {chip.chip_id: raster_row_areas(masks[chip.chip_id]) for chip in loaded}
     results = {}
     for name in args.variants:
         started = time.monotonic()
         overrides = dict(VARIANTS[name])
-        model = {**base.get("model", {}), **overrides.pop("model", {})}
-        training = {**base.get("training", {}), **overrides, "verbose": 0,
-                    "epochs": args.epochs, "max_minutes": args.minutes}
-        config = resolve_paths(parse_config({**base, "model": model, "training": training},
-                                            str(path)), path.parent)
+        model = overrides.pop("model", {})
+        config, chips, holdout, row_areas, excluded = load_protocol(
+            args.config, {**overrides, "verbose": 0, "epochs": args.epochs,
+                          "max_minutes": args.minutes}, model)
         results[name] = run_variant(config, chips, holdout, row_areas, args.folds,
                                     args.min_site_ha)
         results[name]["seconds"] = round(time.monotonic() - started, 1)
@@ -204,6 +192,28 @@ def main() -> None:
         print(f"{name}: pooled IoU {plain['pooled']['iou']:.4f}, fold IoU "
               f"{plain['mean_iou']:.4f} +- {plain['std_iou']:.4f}", file=sys.stderr, flush=True)
         write_result(args.out, _payload(args, chips, holdout, excluded, results))
+
+
+def load_protocol(config_path: str, training: dict, model: dict | None = None):
+    """The run configuration with training (and model) overrides, the cross-validation chips
+    (every loadable chip but the hash split's test chips), the held-out test chips, each chip's
+    row areas, and the chips excluded at loading.
+
+    Returns (config, chips by id, held-out chips, row areas by id, excluded)."""
+    path = Path(config_path).resolve()
+    base = (load_run_yaml(path).get("parameters") or {}).get("config") or {}
+    values = {**base, "model": {**base.get("model", {}), **(model or {})},
+              "training": {**base.get("training", {}), **training}}
+    config = resolve_paths(parse_config(values, str(path)), path.parent)
+    pairs, _ = find_pairs(config.data.data_dir)
+    pairs = pairs[:config.data.max_chips] if config.data.max_chips else pairs
+    loaded, excluded = load_chips(pairs, config.data.convention)
+    held_ids = set(split_ids([chip.chip_id for chip in loaded], config.data)["test"])
+    chips = {chip.chip_id: chip for chip in loaded if chip.chip_id not in held_ids}
+    holdout = [chip for chip in loaded if chip.chip_id in held_ids]
+    masks = {pair.chip_id: pair.mask for pair in pairs}
+    row_areas = {chip.chip_id: raster_row_areas(masks[chip.chip_id]) for chip in loaded}
+    return config, chips, holdout, row_areas, excluded
 
 
 def _payload(args, chips, holdout, excluded, results) -> dict:

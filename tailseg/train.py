@@ -47,6 +47,18 @@ class TrainResult:
     info: dict[str, float | int | str | bool | None] = field(default_factory=dict)
 
 
+def pick_epoch(values: list[float], progress: list[float], restore_from: float) -> int:
+    """The epoch (0-based) whose weights a run keeps: the best validation IoU (values) among the
+    epochs that ended with the learning-rate schedule at least restore_from done (progress:
+    share of the decay done at each epoch's end); the first on ties. With no such epoch (a run
+    cut before that point), the best of all epochs."""
+    if not values or len(values) != len(progress):
+        raise ValueError(f"{len(values)} validation values for {len(progress)} epochs")
+    late = [epoch for epoch, done in enumerate(progress) if done >= restore_from - 1e-9]
+    candidates = late or list(range(len(values)))
+    return max(candidates, key=lambda epoch: (values[epoch], -epoch))
+
+
 class _BestWeights(keras.callbacks.Callback):
     """Keep the weights of the epoch with the best validation IoU; restore them at the end."""
 
