@@ -77,7 +77,13 @@ class TrainConfig(Strict):
     brightness: float = Field(0.1, ge=0, description="Max relative brightness jitter.")
     contrast: float = Field(0.1, ge=0, description="Max relative contrast jitter.")
     saturation: float = Field(0.1, ge=0, description="Max relative saturation jitter.")
-    early_stopping_patience: int = Field(20, ge=1)
+    early_stopping_patience: int = Field(20, ge=1, description="Stop after this many epochs "
+                                         "without a better candidate (see restore_from).")
+    restore_from: float = Field(
+        0.0, ge=0, le=1, description="Keep the weights of the best validation-IoU epoch among "
+                                     "those that end with the learning-rate decay at least this "
+                                     "far done (0: any epoch; 1: the last planned epoch); "
+                                     "early stopping counts from the first such epoch.")
     max_minutes: float | None = Field(
         None, gt=0, description="Training time budget: the number of epochs (at most `epochs`) "
                                 "and the learning-rate decay are planned to fit it "

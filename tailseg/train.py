@@ -60,18 +60,35 @@ def pick_epoch(values: list[float], progress: list[float], restore_from: float) 
 
 
 class _BestWeights(keras.callbacks.Callback):
-    """Keep the weights of the epoch with the best validation IoU; restore them at the end."""
+    """Keeps the weights pick_epoch would choose, restores them at the end, and stops the run
+    once patience epochs pass without a better candidate (early stopping, counted among the
+    candidates only: an early peak at a high learning rate neither wins nor stops the run).
 
-    def __init__(self) -> None:
+    Reads each epoch's schedule progress from the BudgetSchedule, which must run before it."""
+
+    def __init__(self, budget: BudgetSchedule, restore_from: float, patience: int) -> None:
         super().__init__()
-        self.best, self.best_epoch, self.weights = -np.inf, -1, None
+        self.budget, self.restore_from, self.patience = budget, restore_from, patience
+        self.values: list[float] = []
+        self.progress: list[float] = []
+        self.best_epoch, self.weights = -1, None        # among the candidates
+        self.any_epoch, self.any_weights = -1, None     # the fallback: any epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(MONITOR, -np.inf)
-        if value > self.best:
-            self.best, self.best_epoch, self.weights = value, epoch, self.model.get_weights()
+        value = float((logs or {}).get(MONITOR, -np.inf))
+        self.values.append(value)
+        self.progress.append(self.budget.last_progress)
+        if self.any_epoch < 0 or value > self.values[self.any_epoch]:
+            self.any_epoch, self.any_weights = epoch, self.model.get_weights()
+        if self.progress[-1] >= self.restore_from - 1e-9:
+            if self.best_epoch < 0 or value > self.values[self.best_epoch]:
+                self.best_epoch, self.weights = epoch, self.model.get_weights()
+            elif epoch - self.best_epoch >= self.patience:
+                self.model.stop_training = True
 
     def on_train_end(self, logs=None):
+        if self.weights is None:  # no candidate: a run cut before restore_from
+            self.best_epoch, self.weights = self.any_epoch, self.any_weights
         if self.weights is not None:
             self.model.set_weights(self.weights)
 
@@ -98,7 +115,8 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
 
     The learning rate follows a cosine decay that ends at the last planned epoch: config.epochs,
     or with config.max_minutes the epochs that fit the budget (tailseg.budget). The weights of
-    the best validation-IoU epoch are kept. Returns the trained model with its per-epoch history
+    the best validation-IoU epoch from config.restore_from of the decay on are kept (pick_epoch;
+    early stopping counts from there too). Returns the trained model with its per-epoch history
     and, in info, the planned and run epochs and why the run stopped.
 
     config.batch_size is the batch of one replica: with several GPUs (plan, by default the one
@@ -120,11 +138,9 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     # Batched by chip size, so validation chips of different sizes do not need stacking.
     val_data = validation_dataset(val_chips, model_config.multiple,
                                   plan.global_batch_size(VAL_BATCH_PER_REPLICA), plan.replicas)
-    best = _BestWeights()
     budget = BudgetSchedule(schedule, steps, config.epochs, config.max_minutes)
-    callbacks = [best, budget,
-                 keras.callbacks.EarlyStopping(MONITOR, mode="max",
-                                               patience=config.early_stopping_patience)]
+    best = _BestWeights(budget, config.restore_from, config.early_stopping_patience)
+    callbacks = [budget, best]  # in this order: best reads the progress budget records
     started = time.monotonic()
     fit = model.fit(training_dataset(train_chips, batches), epochs=config.epochs,
                     steps_per_epoch=steps, validation_data=val_data,

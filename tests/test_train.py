@@ -1,5 +1,6 @@
 """The training loop's release rules on a tiny U-Net: the best epoch's weights are the ones
-returned, the configured loss is the one trained with, and validation chips may differ in size."""
+returned (among the epochs from restore_from of the decay on), early stopping counts from there,
+the configured loss is the one trained with, and validation chips may differ in size."""
 
 import keras
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from tailseg.config import ModelConfig, TrainConfig
 from tailseg.dataset import load_chips, require_pairs
-from tailseg.train import train_model
+from tailseg.train import pick_epoch, train_model
 from tests.rasters import make_dataset
 from tests.test_losses import HAND, Y_PRED, Y_TRUE
 
@@ -36,7 +37,7 @@ def trained(tmp_path_factory):
     small, _ = load_chips(require_pairs(make_dataset(root / "b", n_chips=1, size=32, seed=2)))
     large, _ = load_chips(require_pairs(make_dataset(root / "c", n_chips=1, size=48, seed=3)))
     config = TrainConfig(epochs=3, steps_per_epoch=1, batch_size=2, crop_size=32, loss="focal",
-                         verbose=0, early_stopping_patience=5)
+                         verbose=0, early_stopping_patience=5, restore_from=0.0)
     val = small + large
     result = train_model(train, val, ModelConfig(base_filters=2, depth=2, dropout=0), config,
                          extra_callbacks=[_ConstantHead()])
@@ -57,6 +58,48 @@ def test_the_best_epochs_weights_are_restored(trained):
     for chip in val:
         probability = result.model.predict(chip.image[None], verbose=0)
         assert probability.min() > 0.99  # epoch 1's head, not the last epoch's
+
+
+def test_pick_epoch_takes_the_best_validation_iou_once_the_decay_is_far_enough():
+    values = [0.52, 0.30, 0.44, 0.44, 0.41]
+    progress = [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert pick_epoch(values, progress, 0.0) == 0        # any epoch: the early peak
+    assert pick_epoch(values, progress, 0.5) == 2        # from half the decay; first of a tie
+    assert pick_epoch(values, progress, 0.8) == 3        # progress exactly at the bound counts
+    assert pick_epoch(values, progress, 1.0) == 4        # the end of the decay
+    # A run cut before the bound (a time budget ran out) keeps the best of what it has.
+    assert pick_epoch(values[:2], progress[:2], 0.5) == 0
+    with pytest.raises(ValueError, match="2 validation values for 3 epochs"):
+        pick_epoch([0.1, 0.2], [0.3, 0.6, 1.0], 0.5)
+
+
+def _constant_head_run(tmp_path, epochs: int, restore_from: float, patience: int):
+    train, _ = load_chips(require_pairs(make_dataset(tmp_path / "a", n_chips=2, size=32, seed=1)))
+    val, _ = load_chips(require_pairs(make_dataset(tmp_path / "b", n_chips=1, size=32, seed=2)))
+    config = TrainConfig(epochs=epochs, steps_per_epoch=1, batch_size=2, crop_size=32,
+                         verbose=0, early_stopping_patience=patience, restore_from=restore_from)
+    result = train_model(train, val, ModelConfig(base_filters=2, depth=2, dropout=0), config,
+                         extra_callbacks=[_ConstantHead()])
+    return result, val
+
+
+def test_an_early_peak_before_restore_from_is_not_kept(tmp_path):
+    # Epoch 1 has the best validation IoU but ends a third into the decay: with restore_from
+    # 0.5 the kept weights are epoch 2's (the first of the tied later epochs), not epoch 1's.
+    result, val = _constant_head_run(tmp_path, epochs=3, restore_from=0.5, patience=5)
+    assert result.history["val_iou"][0] > 0 and result.history["val_iou"][1:] == [0.0, 0.0]
+    assert result.best_epoch == 2
+    assert result.model.predict(val[0].image[None], verbose=0).max() < 0.01  # epoch 2's head
+
+
+def test_early_stopping_counts_only_from_restore_from(tmp_path):
+    # Patience 2 after epoch 1's peak: counted from any epoch, the run stops after epoch 3;
+    # counted from the first epoch at half the decay (epoch 3 of 6), after epoch 5.
+    anywhere, _ = _constant_head_run(tmp_path / "any", epochs=6, restore_from=0.0, patience=2)
+    late, _ = _constant_head_run(tmp_path / "late", epochs=6, restore_from=0.5, patience=2)
+    assert len(anywhere.history["val_iou"]) == 3 and anywhere.best_epoch == 1
+    assert anywhere.info["stop_reason"] == "early_stopping"
+    assert len(late.history["val_iou"]) == 5 and late.best_epoch == 3
 
 
 def test_training_uses_the_configured_loss(trained):
