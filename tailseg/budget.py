@@ -119,6 +119,7 @@ class BudgetSchedule(keras.callbacks.Callback):
         self.stop_reason = "completed"  # or "time_budget"; "early_stopping" in summary()
         self.budget_limited = False
         self.last_learning_rate, self.last_progress = float("nan"), 0.0
+        self.epoch_progress = 0.0  # share of the planned decay's epochs done (see on_epoch_end)
         self._started = self._epoch_started = 0.0
 
     def on_train_begin(self, logs=None):
@@ -136,6 +137,9 @@ class BudgetSchedule(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         self.last_learning_rate = float(self.schedule(step))
         self.last_progress = self.schedule.progress(step)
+        # Counted in epochs, not optimizer steps: a loss-scaling optimizer (mixed precision)
+        # does not count the steps it skips, so the last planned epoch would end below 1.
+        self.epoch_progress = min(done * self.steps / self.decay_steps_in_last_epoch, 1.0)
         if self.budget is not None:
             self._replan(done)
         if done < self.planned:
@@ -188,8 +192,9 @@ class BudgetSchedule(keras.callbacks.Callback):
                 "seconds_per_epoch": sum(steady) / len(steady)}
 
 
-SUMMARY_KEYS = ("planned_epochs", "max_epochs", "epochs_run", "best_epoch", "stop_reason",
-                "schedule_completed", "budget_minutes", "seconds_per_epoch", "seconds")
+SUMMARY_KEYS = ("planned_epochs", "max_epochs", "epochs_run", "best_epoch", "restore_from",
+                "stop_reason", "schedule_completed", "budget_minutes", "seconds_per_epoch",
+                "seconds")
 
 
 def training_schedule_summary(training: dict) -> dict:

@@ -33,8 +33,12 @@ def _schedule_text(training: dict) -> str:
             "early_stopping": "stopped early: validation IoU stopped improving",
             "time_budget": "**cut by the time budget before the learning-rate decay "
                            "completed**"}.get(str(training.get("stop_reason")), "unknown stop")
-    return (f"Epochs run: {training.get('epochs_run')}, {plan}; {stop}. Best epoch: "
-            f"{training.get('best_epoch')}, training time: {training.get('seconds', 0):.0f} s "
+    restore = training.get("restore_from")
+    kept = (f" (best validation IoU among the epochs at least {restore:.0%} into the decay)"
+            if restore else " (best validation IoU)")
+    return (f"Epochs run: {training.get('epochs_run')}, {plan}; {stop}. Kept epoch: "
+            f"{training.get('best_epoch')}{kept}, training time: "
+            f"{training.get('seconds', 0):.0f} s "
             f"({training.get('seconds_per_epoch', 0):.1f} s per epoch).")
 
 

@@ -64,7 +64,8 @@ class _BestWeights(keras.callbacks.Callback):
     once patience epochs pass without a better candidate (early stopping, counted among the
     candidates only: an early peak at a high learning rate neither wins nor stops the run).
 
-    Reads each epoch's schedule progress from the BudgetSchedule, which must run before it."""
+    Reads each epoch's schedule progress (in epochs) from the BudgetSchedule, which must run
+    before it."""
 
     def __init__(self, budget: BudgetSchedule, restore_from: float, patience: int) -> None:
         super().__init__()
@@ -77,12 +78,15 @@ class _BestWeights(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         value = float((logs or {}).get(MONITOR, -np.inf))
         self.values.append(value)
-        self.progress.append(self.budget.last_progress)
+        self.progress.append(self.budget.epoch_progress)
+        weights = None
         if self.any_epoch < 0 or value > self.values[self.any_epoch]:
-            self.any_epoch, self.any_weights = epoch, self.model.get_weights()
+            weights = self.model.get_weights()
+            self.any_epoch, self.any_weights = epoch, weights
         if self.progress[-1] >= self.restore_from - 1e-9:
             if self.best_epoch < 0 or value > self.values[self.best_epoch]:
-                self.best_epoch, self.weights = epoch, self.model.get_weights()
+                self.best_epoch = epoch
+                self.weights = weights if weights is not None else self.model.get_weights()
             elif epoch - self.best_epoch >= self.patience:
                 self.model.stop_training = True
 
@@ -153,7 +157,8 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     return TrainResult(model=model, history=history, best_epoch=best.best_epoch + 1,
                        seconds=seconds, chips_per_second=float(equivalent_chips / seconds),
-                       info={**budget.summary(epochs_run), "steps_per_epoch": steps,
+                       info={**budget.summary(epochs_run), "restore_from": config.restore_from,
+                             "steps_per_epoch": steps,
                              "global_batch_size": batches.batch_size,
                              **{f"accelerator_{k}": v for k, v in plan.describe().items()},
                              "band_mean": ",".join(f"{v:.5f}" for v in mean),

@@ -60,7 +60,7 @@ def tune(train_chips: list[Chip], val_chips: list[Chip], model_config: ModelConf
             train_config.model_copy(update={**params, "epochs": config.epochs_per_trial,
                                             "verbose": 0, "max_minutes": minutes_left}),
             extra_callbacks=[pruning])
-        value = max(result.history[MONITOR])
+        value = result.history[MONITOR][result.best_epoch - 1]  # the epoch a run keeps
         trial.set_user_attr("epochs_run", len(result.history[MONITOR]))
         logger.info("trial %d: %s base_filters=%d -> val IoU %.4f%s", trial.number, params,
                     filters, value, " (pruned)" if pruning.pruned else "")

@@ -47,9 +47,10 @@ def test_false_site_pixels_are_the_predicted_sites_touching_no_label():
     predicted = np.zeros((12, 12), bool)
     predicted[4:8, 4:8] = True        # overlaps the label: not false, even where it spills over
     predicted[9:11, 9:11] = True      # touches no label: a false site
-    predicted[6, 8] = True            # 8-connected to the overlapping site: part of it
+    predicted[8, 3] = True            # diagonal to the overlapping site: part of it (8-connected)
     false = false_site_pixels(truth, predicted)
     assert false.sum() == 4 and false[9:11, 9:11].all()
+    assert false_site_pixels(truth, predicted, connectivity=4)[8, 3]  # 4-connected: apart
     assert not false_site_pixels(truth, np.zeros_like(truth)).any()
 
 
@@ -68,6 +69,10 @@ def test_the_partial_label_bound_leaves_out_only_the_false_sites_pixels():
     assert (off_label.tp, off_label.fp, off_label.fn) == (4, 12, 12)
     assert scores(off_label)["iou"] == pytest.approx(4 / 28)
     assert sites.false == 1
+    # The minimum site size comes first: a false site it erases is not left out again.
+    dropped, _, small_dropped = score([chip], [probability], 0.5, {"chip_x": np.full(12, 100.0)},
+                                min_ha=0.05)  # the 4-pixel false site is 0.04 ha
+    assert (dropped.tp, dropped.fp) == (small_dropped.tp, small_dropped.fp) == (4, 12)
 
 
 def test_results_go_under_results_by_name_or_to_a_json_path(tmp_path, capsys):

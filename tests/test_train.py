@@ -73,6 +73,33 @@ def test_pick_epoch_takes_the_best_validation_iou_once_the_decay_is_far_enough()
         pick_epoch([0.1, 0.2], [0.3, 0.6, 1.0], 0.5)
 
 
+class _Progress:
+    """Stands in for the BudgetSchedule's record: only epoch_progress is read."""
+
+    epoch_progress = 0.0
+
+
+@pytest.mark.parametrize(("restore_from", "kept"), [(0.0, 0), (0.5, 2), (0.7, 3), (1.0, 0)])
+def test_best_weights_keeps_pick_epochs_choice_and_falls_back_to_any_epoch(restore_from, kept):
+    # Four epochs (0-based below), the schedule cut at 75 % (a budget ran out): from half the
+    # decay the first of the tied later peaks is kept; with restore_from 1.0 no epoch
+    # qualifies, and the best of all epochs (the early peak) is kept.
+    from tailseg.train import _BestWeights
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    progress = _Progress()
+    callback = _BestWeights(progress, restore_from, patience=10)
+    callback.set_model(model)
+    values, fractions = [0.6, 0.3, 0.5, 0.5], [0.25, 0.5, 0.6, 0.75]
+    for epoch, (value, done) in enumerate(zip(values, fractions, strict=True)):
+        model.layers[0].set_weights([np.full((1, 1), float(epoch)), np.zeros(1)])
+        progress.epoch_progress = done
+        callback.on_epoch_end(epoch, {"val_iou": value})
+    callback.on_train_end()
+    assert callback.best_epoch == kept == pick_epoch(values, fractions, restore_from)
+    assert model.layers[0].get_weights()[0][0, 0] == kept  # that epoch's weights restored
+
+
 def _constant_head_run(tmp_path, epochs: int, restore_from: float, patience: int):
     train, _ = load_chips(require_pairs(make_dataset(tmp_path / "a", n_chips=2, size=32, seed=1)))
     val, _ = load_chips(require_pairs(make_dataset(tmp_path / "b", n_chips=1, size=32, seed=2)))
