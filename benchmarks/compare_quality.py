@@ -177,14 +177,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     result_path(args.out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after hours
+    chips, holdout, row_areas, excluded = protocol_chips(variant_config(args.config, {}))
     results = {}
     for name in args.variants:
         started = time.monotonic()
         overrides = dict(VARIANTS[name])
         model = overrides.pop("model", {})
-        config, chips, holdout, row_areas, excluded = load_protocol(
-            args.config, {**overrides, "verbose": 0, "epochs": args.epochs,
-                          "max_minutes": args.minutes}, model)
+        config = variant_config(args.config, {**overrides, "verbose": 0, "epochs": args.epochs,
+                                              "max_minutes": args.minutes}, model)
         results[name] = run_variant(config, chips, holdout, row_areas, args.folds,
                                     args.min_site_ha)
         results[name]["seconds"] = round(time.monotonic() - started, 1)
@@ -194,17 +194,20 @@ def main() -> None:
         write_result(args.out, _payload(args, chips, holdout, excluded, results))
 
 
-def load_protocol(config_path: str, training: dict, model: dict | None = None):
-    """The run configuration with training (and model) overrides, the cross-validation chips
-    (every loadable chip but the hash split's test chips), the held-out test chips, each chip's
-    row areas, and the chips excluded at loading.
-
-    Returns (config, chips by id, held-out chips, row areas by id, excluded)."""
+def variant_config(config_path: str, training: dict, model: dict | None = None):
+    """The run configuration of config_path with training (and model) overrides."""
     path = Path(config_path).resolve()
     base = (load_run_yaml(path).get("parameters") or {}).get("config") or {}
     values = {**base, "model": {**base.get("model", {}), **(model or {})},
               "training": {**base.get("training", {}), **training}}
-    config = resolve_paths(parse_config(values, str(path)), path.parent)
+    return resolve_paths(parse_config(values, str(path)), path.parent)
+
+
+def protocol_chips(config):
+    """The cross-validation chips (every loadable chip but the hash split's test chips), the
+    held-out test chips, each chip's row areas, and the chips excluded at loading.
+
+    Returns (chips by id, held-out chips, row areas by id, excluded)."""
     pairs, _ = find_pairs(config.data.data_dir)
     pairs = pairs[:config.data.max_chips] if config.data.max_chips else pairs
     loaded, excluded = load_chips(pairs, config.data.convention)
@@ -213,7 +216,7 @@ def load_protocol(config_path: str, training: dict, model: dict | None = None):
     holdout = [chip for chip in loaded if chip.chip_id in held_ids]
     masks = {pair.chip_id: pair.mask for pair in pairs}
     row_areas = {chip.chip_id: raster_row_areas(masks[chip.chip_id]) for chip in loaded}
-    return config, chips, holdout, row_areas, excluded
+    return chips, holdout, row_areas, excluded
 
 
 def _payload(args, chips, holdout, excluded, results) -> dict:

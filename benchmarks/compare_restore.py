@@ -41,7 +41,13 @@ apply_tensorflow_environment()
 import keras  # noqa: E402
 
 from benchmarks.common import cpu, matmul_gflops, result_path, write_result  # noqa: E402
-from benchmarks.compare_quality import SWEEP, load_protocol, score, summarise  # noqa: E402
+from benchmarks.compare_quality import (  # noqa: E402
+    SWEEP,
+    protocol_chips,
+    score,
+    summarise,
+    variant_config,
+)
 from tailseg.crossval import assign_folds, fold_split  # noqa: E402
 from tailseg.evaluate import best_threshold, predict_chips, threshold_sweep  # noqa: E402
 from tailseg.metrics import Counts, scores  # noqa: E402
@@ -76,9 +82,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     result_path(args.out).parent.mkdir(parents=True, exist_ok=True)
     # Early stopping off: every rule must see the same, complete runs.
-    config, chips, holdout, row_areas, excluded = load_protocol(
-        args.config, {"epochs": args.epochs, "max_minutes": None, "verbose": 0,
-                      "early_stopping_patience": args.epochs})
+    config = variant_config(args.config, {"epochs": args.epochs, "max_minutes": None,
+                                          "verbose": 0, "early_stopping_patience": args.epochs})
+    chips, holdout, row_areas, excluded = protocol_chips(config)
     fold_of = assign_folds(list(chips), args.folds, config.data.seed)
     per_fold = {rule: [] for rule in RULES}
     pooled = {rule: (Counts(), SiteCounts(), Counts()) for rule in RULES}

@@ -72,27 +72,21 @@ class _BestWeights(keras.callbacks.Callback):
         self.budget, self.restore_from, self.patience = budget, restore_from, patience
         self.values: list[float] = []
         self.progress: list[float] = []
-        self.best_epoch, self.weights = -1, None        # among the candidates
-        self.any_epoch, self.any_weights = -1, None     # the fallback: any epoch
+        self.best_epoch, self.weights = -1, None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = float((logs or {}).get(MONITOR, -np.inf))
-        self.values.append(value)
+        self.values.append(float((logs or {}).get(MONITOR, -np.inf)))
         self.progress.append(self.budget.epoch_progress)
-        weights = None
-        if self.any_epoch < 0 or value > self.values[self.any_epoch]:
-            weights = self.model.get_weights()
-            self.any_epoch, self.any_weights = epoch, weights
-        if self.progress[-1] >= self.restore_from - 1e-9:
-            if self.best_epoch < 0 or value > self.values[self.best_epoch]:
-                self.best_epoch = epoch
-                self.weights = weights if weights is not None else self.model.get_weights()
-            elif epoch - self.best_epoch >= self.patience:
-                self.model.stop_training = True
+        # pick_epoch's choice is always the previous one or this epoch (progress only grows),
+        # so only this epoch's weights ever need copying.
+        chosen = pick_epoch(self.values, self.progress, self.restore_from)
+        if chosen == epoch:
+            self.best_epoch, self.weights = epoch, self.model.get_weights()
+        elif (self.progress[-1] >= self.restore_from - 1e-9
+              and epoch - chosen >= self.patience):
+            self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.weights is None:  # no candidate: a run cut before restore_from
-            self.best_epoch, self.weights = self.any_epoch, self.any_weights
         if self.weights is not None:
             self.model.set_weights(self.weights)
 
