@@ -69,7 +69,7 @@ def main() -> None:
     peak = matmul_gflops()
     results = [measure(config.model, config.training, args.steps, args.repeats)]
     for result in results:
-        result["fraction_of_cpu_peak"] = result["train_gflops_per_second"] / peak
+        result["fraction_of_matmul_peak"] = result["train_gflops_per_second"] / peak
     seed = MODEL_PRESETS["seed"]
     write_result(args.out, {"cpu_matmul_gflops": peak, "default_model": results[0],
                               "seed_forward_flops_per_pixel": flops_per_pixel(
