@@ -77,6 +77,10 @@ VARIANTS: dict[str, dict] = {
     # Half the filters (8/16/32/64/128): about a quarter of the FLOPs, less capacity to overfit
     # 58 training chips; at the local budget it could run more epochs.
     "filters_8": {"model": {"base_filters": 8}},
+    # One more down-sampling step at half the filters (8/16/32/64/128, bottom 256): twice the
+    # receptive field, to tell a pond from the pits and dumps around it, at about the default's
+    # cost per pixel.
+    "depth_5_filters_8": {"model": {"base_filters": 8, "depth": 5}},
 }
 SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 

@@ -109,3 +109,26 @@ def test_throughput_benchmarks_run_tensorflow_with_tailsegs_allocator(module):
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=environ,
                           capture_output=True, text=True, check=True)
     assert done.stdout.split()[-1] == "true"
+
+
+def test_every_variant_is_a_valid_run_configuration_with_its_overrides_applied():
+    # A typo in a variant (an unknown key, a model override landing under training) would only
+    # show after the variants before it had trained for an hour.
+    from benchmarks.compare_quality import VARIANTS, variant_config
+
+    config_path = str(Path(__file__).resolve().parent.parent / "zenml.yaml")
+    default = variant_config(config_path, {})
+    for name, overrides in VARIANTS.items():
+        training = dict(overrides)
+        model = training.pop("model", {})
+        config = variant_config(config_path, training, model)
+        for key, value in training.items():
+            assert getattr(config.training, key) == value, (name, key)
+        for key, value in model.items():
+            assert getattr(config.model, key) == value, (name, key)
+        untouched = set(type(config.model).model_fields) - set(model)
+        assert {key: getattr(config.model, key) for key in untouched} == \
+            {key: getattr(default.model, key) for key in untouched}, name
+    depth = variant_config(config_path, {}, VARIANTS["depth_5_filters_8"]["model"])
+    assert (depth.model.depth, depth.model.base_filters) == (5, 8)
+    assert depth.training == default.training
