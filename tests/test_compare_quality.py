@@ -114,13 +114,12 @@ def test_throughput_benchmarks_run_tensorflow_with_tailsegs_allocator(module):
 def test_every_variant_is_a_valid_run_configuration_with_its_overrides_applied():
     # A typo in a variant (an unknown key, a model override landing under training) would only
     # show after the variants before it had trained for an hour.
-    from benchmarks.compare_quality import VARIANTS, variant_config
+    from benchmarks.compare_quality import VARIANTS, variant_config, variant_overrides
 
     config_path = str(Path(__file__).resolve().parent.parent / "zenml.yaml")
     default = variant_config(config_path, {})
-    for name, overrides in VARIANTS.items():
-        training = dict(overrides)
-        model = training.pop("model", {})
+    for name in VARIANTS:
+        training, model = variant_overrides(name)
         config = variant_config(config_path, training, model)
         for key, value in training.items():
             assert getattr(config.training, key) == value, (name, key)
