@@ -68,6 +68,10 @@ VARIANTS: dict[str, dict] = {
     "tversky_0.7": {"loss": "tversky", "tversky_alpha": 0.7, "tversky_beta": 0.3},
     "focal_dice": {"loss": "focal_dice"},
     "bce_lovasz": {"loss": "bce_lovasz"},
+    # BCE + power Jaccard (p = 2): the "power" loss Jasansky et al. 2025 credit (NOTES.md).
+    "bce_power_jaccard": {"loss": "bce_power_jaccard"},
+    # Three times the default radiometric jitter, against the region shift between chips.
+    "jitter_0.3": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3},
     "crop_384": {"crop_size": 384},
     "crop_448": {"crop_size": 448},
     # 384 crops at batch 4: about the default's optimizer steps per epoch (20 against 23),

@@ -16,7 +16,7 @@ from tailseg.errors import ConfigError
 from tailseg.validation.config import ValidationConfig
 
 LossName = Literal["bce", "dice", "bce_dice", "focal", "focal_dice", "tversky", "lovasz",
-                   "bce_lovasz"]
+                   "bce_lovasz", "power_jaccard", "bce_power_jaccard"]
 
 
 class Strict(BaseModel):

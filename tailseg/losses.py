@@ -59,6 +59,25 @@ def bce_lovasz_loss(y_true, y_pred):
     return keras.losses.binary_crossentropy(y_true, y_pred) + lovasz_loss(y_true, y_pred)
 
 
+POWER = 2.0
+
+
+def power_jaccard_loss(y_true, y_pred):
+    """Power Jaccard loss (Duque-Arias et al. 2021), pooled over the batch:
+    1 - (|A.B| + 1) / (sum(y^p) + sum(p^p) - |A.B| + 1) with power p = 2. Squaring the
+    probabilities in the union makes a confident prediction count fully and a hesitant one
+    little, so, unlike the soft Jaccard, the loss does not reward spreading low probability over
+    the background. On hard predictions it equals 1 - IoU (up to the smoothing term)."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    intersection = ops.sum(y_true * y_pred)
+    union = ops.sum(ops.power(y_true, POWER)) + ops.sum(ops.power(y_pred, POWER)) - intersection
+    return 1.0 - (intersection + SMOOTH) / (union + SMOOTH)
+
+
+def bce_power_jaccard_loss(y_true, y_pred):
+    return keras.losses.binary_crossentropy(y_true, y_pred) + power_jaccard_loss(y_true, y_pred)
+
+
 @keras.saving.register_keras_serializable(package="tailseg")
 class TverskyLoss(keras.losses.Loss):
     """1 - Tversky index, pooled over the batch like the Dice loss:
@@ -101,4 +120,8 @@ def get_loss(name: LossName, tversky_alpha: float = 0.7, tversky_beta: float = 0
             return lovasz_loss
         case "bce_lovasz":
             return bce_lovasz_loss
+        case "power_jaccard":
+            return power_jaccard_loss
+        case "bce_power_jaccard":
+            return bce_power_jaccard_loss
     raise ValueError(f"unknown loss {name!r}")
