@@ -150,6 +150,23 @@ def test_each_chip_defect_is_quarantined_and_named(dataset, defect):
     assert entry["chip_id"] == BROKEN and expected_checks <= set(entry["checks"])
 
 
+def test_expected_crs_none_accepts_any_crs_and_a_list_still_binds(dataset):
+    """None drops the crs_allowed check (other checks stay: the UTM chip's metre pixels still
+    fail pixel_size); a list that names the UTM zone accepts it."""
+    _projected(dataset)
+    anywhere = validate_dataset(dataset, CONFIG.model_copy(update={"expected_crs": None}))
+    assert {r["check"] for r in anywhere.quarantined[BROKEN]} == {"pixel_size"}
+    assert len(anywhere.valid_ids) == 5
+    metres = {"pixel_size_min": 5.0, "pixel_size_max": 20.0}
+    utm_only = validate_dataset(dataset, CONFIG.model_copy(
+        update={"expected_crs": ["EPSG:32723"], **metres}))
+    assert utm_only.valid_ids == [BROKEN]
+    assert all({r["check"] for r in reasons} == {"crs_allowed", "pixel_size"}
+               for reasons in utm_only.quarantined.values())
+    both = validate_dataset(dataset, CONFIG.model_copy(update={"expected_crs": None, **metres}))
+    assert both.valid_ids == [BROKEN]
+
+
 def test_messages_name_the_problem(dataset):
     (dataset / "masks" / f"{BROKEN}.tif").write_bytes(b"")
     _rewrite_image(dataset, REFLECTANCE * 25)

@@ -58,7 +58,9 @@ class ValidationConfig(BaseModel):
         return self
 
     def suite_parameters(self) -> dict[str, object]:
-        """Values for the suites' `$PARAMETER` placeholders (every field but expected_crs)."""
+        """Values for the suites' `$PARAMETER` placeholders; expected_crs only when it is set
+        (None accepts any CRS: the suite's crs_allowed check, which requires it, is left out)."""
         values = self.model_dump(exclude={"expected_crs"})
-        values["expected_crs"] = list(self.expected_crs or [])
+        if self.expected_crs is not None:
+            values["expected_crs"] = list(self.expected_crs)
         return values

@@ -114,8 +114,8 @@ def _context():
 def run_suite(filename: str, frame: pd.DataFrame, parameters: dict[str, Any]):
     """Validate the facts table against one suite file in a fresh ephemeral GX context.
 
-    Expectations whose meta.requires names a parameter group that is absent (e.g. drift bounds
-    on a first run) are left out.
+    Expectations whose meta.requires names a parameter or group that is absent (drift bounds on
+    a first run, expected_crs when any CRS is allowed) are left out.
 
     Returns:
         The GX ExpectationSuiteValidationResult.
@@ -123,9 +123,7 @@ def run_suite(filename: str, frame: pd.DataFrame, parameters: dict[str, Any]):
     import great_expectations as gx
 
     definition = load_suite(filename)
-    have_previous = any(key.endswith("_previous") for key in parameters)
-    expectations = [e for e in definition["expectations"]
-                    if e["meta"].get("requires") != "previous_stats" or have_previous]
+    expectations = [e for e in definition["expectations"] if _runs(e, parameters)]
     context = _context()
     suite = context.suites.add(gx.ExpectationSuite(
         name=definition["name"], meta=definition["meta"], expectations=[]))
@@ -139,6 +137,18 @@ def run_suite(filename: str, frame: pd.DataFrame, parameters: dict[str, Any]):
     return validation.run(
         batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["chip_id"]})
+
+
+def _runs(expectation: dict, parameters: dict[str, Any]) -> bool:
+    """Whether the parameters an expectation requires are given: meta.requires is
+    "previous_stats" (the drift bounds of the last validated run) or a parameter's name (e.g.
+    expected_crs, absent when any CRS is allowed)."""
+    required = expectation["meta"].get("requires")
+    if required is None:
+        return True
+    if required == "previous_stats":
+        return any(key.endswith("_previous") for key in parameters)
+    return required in parameters
 
 
 def _configuration(expectation: dict):
