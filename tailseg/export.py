@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import keras
@@ -156,13 +156,39 @@ def staged_directory(final: Path) -> Iterator[Path]:
     A crash or an error leaves no partial final directory. An existing final is never
     overwritten.
     """
+    with staged_directories(final) as (staging,):
+        yield staging
+
+
+@contextmanager
+def staged_directories(*finals: Path) -> Iterator[tuple[Path, ...]]:
+    """staged_directory for several finals published together: all are renamed into place
+    only if the block succeeds, and if one rename fails the ones already renamed are taken
+    back, so no final exists without the others (e.g. an ONNX version without its SavedModel).
+    """
+    with ExitStack() as stack:
+        stages = tuple(stack.enter_context(_staging(final)) for final in finals)
+        yield stages
+        published = []
+        try:
+            for stage, final in zip(stages, finals, strict=True):
+                os.rename(stage, final)
+                published.append(final)
+        except BaseException:
+            for final in published:
+                shutil.rmtree(final, ignore_errors=True)
+            raise
+
+
+@contextmanager
+def _staging(final: Path) -> Iterator[Path]:
+    """A temporary sibling of final, removed on the way out (renamed or not)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         raise FileExistsError(f"{final}: version already exists; versions are never overwritten")
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
     try:
         yield staging
-        os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -170,15 +196,15 @@ def staged_directory(final: Path) -> Iterator[Path]:
 def export_model(model: keras.Model, export_dir: str | Path, model_name: str, multiple: int,
                  opset: int = 17, metadata: dict | None = None,
                  extra_assets: dict[str, str] | None = None,
-                 before_publish: Callable[[Path, Path], dict] | None = None,
+                 before_publish: Callable[[Path, Path, int], dict] | None = None,
                  version: int | None = None) -> dict:
     """Export a new version: exports/serving/<name>/<v>/ and exports/onnx/<name>/<v>/model.onnx.
 
     Args:
         version: the version the caller already named (e.g. in the model card); it must still
             be the next free one, else nothing is written. Default: the next free one.
-        before_publish: called with the staged SavedModel directory and ONNX file before they
-            are renamed into place; it may add files (e.g. warm-up requests) and raises to
+        before_publish: called with the staged SavedModel directory, ONNX file and version
+            before they are renamed into place; it may add files (e.g. warm-up requests) and raises to
             publish nothing. What it returns is merged into the result.
 
     Returns:
@@ -196,11 +222,11 @@ def export_model(model: keras.Model, export_dir: str | Path, model_name: str, mu
                 "input": INPUT_NAME, "output": OUTPUT_NAME, "bands": list(BANDS),
                 "onnx_opset": opset}
     saved_final, onnx_final = serving_base / str(version), onnx_base / str(version)
-    with staged_directory(saved_final) as saved_stage, staged_directory(onnx_final) as onnx_stage:
+    with staged_directories(saved_final, onnx_final) as (saved_stage, onnx_stage):
         saved_model = saved_stage / "model"
         write_saved_model(model, saved_model, multiple, metadata, extra_assets)
         onnx_path = write_onnx(saved_model, onnx_stage / "model.onnx", opset)
-        checks = before_publish(saved_model, onnx_path) if before_publish else {}
+        checks = before_publish(saved_model, onnx_path, version) if before_publish else {}
         for item in saved_model.iterdir():
             item.rename(saved_stage / item.name)
         saved_model.rmdir()

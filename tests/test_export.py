@@ -8,7 +8,12 @@ from tensorflow import keras
 from tailseg.backends import load_predictor, resolve_saved_model
 from tailseg.config import ModelConfig
 from tailseg.errors import ExportError, ModelFormatError
-from tailseg.export import export_model, serving_function, staged_directory
+from tailseg.export import (
+    export_model,
+    serving_function,
+    staged_directories,
+    staged_directory,
+)
 from tailseg.model import build_unet
 
 
@@ -84,6 +89,26 @@ def test_existing_version_is_never_overwritten_and_failures_leave_nothing(tmp_pa
             raise RuntimeError("crash while exporting")
     assert not other.exists()
     assert [p.name for p in other.parent.iterdir()] == ["1"]
+
+
+def test_versions_published_together_are_taken_back_together(tmp_path):
+    # The SavedModel is renamed first; when the ONNX version cannot follow (here another
+    # process filled its folder meanwhile), the SavedModel version is taken back.
+    saved, onnx = tmp_path / "serving" / "m" / "1", tmp_path / "onnx" / "m" / "1"
+    with pytest.raises(OSError):
+        with staged_directories(saved, onnx) as (saved_stage, onnx_stage):
+            (saved_stage / "saved_model.pb").write_text("x")
+            (onnx_stage / "model.onnx").write_text("y")
+            onnx.mkdir()
+            (onnx / "theirs").write_text("z")
+    assert not saved.exists() and list(saved.parent.iterdir()) == []
+    assert [p.name for p in onnx.iterdir()] == ["theirs"]
+    assert [p.name for p in onnx.parent.iterdir()] == ["1"]
+    with staged_directories(saved, tmp_path / "onnx" / "m" / "2") as stages:
+        for stage in stages:
+            (stage / "f").write_text("ok")
+    assert (saved / "f").read_text() == "ok"
+    assert (tmp_path / "onnx" / "m" / "2" / "f").read_text() == "ok"
 
 
 def test_unknown_model_paths_are_named(tmp_path):

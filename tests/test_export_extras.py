@@ -123,6 +123,24 @@ def test_a_failed_export_publishes_nothing(exports, samples):
     assert (export_dir / "serving" / "models.config").read_text() == config_before
 
 
+def test_an_unreadable_models_config_stops_the_export_before_anything_is_published(
+        exports, samples):
+    # A hand-edited models.config that does not parse is found before the versions are
+    # renamed into place, not after (which would leave a published version beside a failure).
+    export_dir, _, _ = exports
+    config = export_dir / "serving" / "models.config"
+    config_before = config.read_text()
+    config.write_text("model_config_list { config { nme: 'x' } }")
+    try:
+        with pytest.raises(ConfigError, match="models.config: not a readable"):
+            export_for_serving(tiny_model(3), export_dir, "tailseg", 4, samples)
+        for kind in ("serving", "onnx"):
+            assert sorted(p.name for p in (export_dir / kind / "tailseg").iterdir()) == ["1", "2"]
+        assert config.read_text() == "model_config_list { config { nme: 'x' } }"
+    finally:
+        config.write_text(config_before)
+
+
 def test_bad_models_config_names_the_file(tmp_path):
     path = tmp_path / "models.config"
     path.write_text("model_config_list { config { name: 'x' base_path: '/m' version_labels "

@@ -128,11 +128,13 @@ def sources_from_proto(config, origin: str, root: Path) -> list[ModelSource]:
     return sources
 
 
-def publish_labels(config_path: str | Path, name: str, base_path: str | Path, stable: int,
-                   canary: int | None = None) -> Path:
-    """(Re)write config_path so model name serves exactly its stable (and canary) version.
+def labelled_sources(config_path: str | Path, name: str, base_path: str | Path, stable: int,
+                     canary: int | None = None) -> list[ModelSource]:
+    """The sources of config_path with model name serving exactly its stable (and canary)
+    version; other models in an existing file are kept as they are. Writes nothing.
 
-    Other models in an existing file are kept as they are.
+    Raises:
+        ConfigError: the existing file is unreadable or refused (read_model_config).
     """
     config_path = Path(config_path)
     others = [s for s in read_model_config(config_path) if s.name != name] \
@@ -140,4 +142,16 @@ def publish_labels(config_path: str | Path, name: str, base_path: str | Path, st
     labels = {"stable": stable} | ({"canary": canary} if canary is not None else {})
     entry = ModelSource(name, Path(base_path), "specific", versions=tuple(sorted(set(
         labels.values()))), labels=labels)
-    return write_model_config(config_path, [*others, entry])
+    sources = [*others, entry]
+    to_proto(sources)  # a source the proto refuses fails here, before anything is published
+    return sources
+
+
+def publish_labels(config_path: str | Path, name: str, base_path: str | Path, stable: int,
+                   canary: int | None = None) -> Path:
+    """(Re)write config_path so model name serves exactly its stable (and canary) version.
+
+    Other models in an existing file are kept as they are.
+    """
+    return write_model_config(config_path, labelled_sources(config_path, name, base_path,
+                                                            stable, canary))

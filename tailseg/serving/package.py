@@ -1,9 +1,10 @@
 """export_for_serving: one atomic, validated TF Serving + ONNX release of a trained model.
 
 Everything happens in staging directories beside the final ones: SavedModel, warm-up requests,
-ONNX, TF/ONNX parity on the sample images, infra validation in a separate process. Only when
-all pass are the versions renamed into place and models.config (re)written with its labels.
-A failure at any point publishes nothing.
+ONNX, TF/ONNX parity on the sample images, infra validation in a separate process, and the
+new models.config (an existing one read and checked). Only when all pass are the versions
+renamed into place and models.config (re)written with its labels. A failure at any point
+publishes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import numpy as np
 
 from tailseg.export import export_model
 from tailseg.serving.infra_validate import run_infra_validation
-from tailseg.serving.model_config import CONFIG_FILE, publish_labels, read_model_config
+from tailseg.serving.model_config import (
+    CONFIG_FILE,
+    labelled_sources,
+    read_model_config,
+    write_model_config,
+)
 from tailseg.serving.parity import check_parity
 from tailseg.serving.protocol import check_image
 from tailseg.serving.warmup import write_warmup_file
@@ -60,20 +66,26 @@ def export_for_serving(model: keras.Model, export_dir: str | Path, model_name: s
         InfraValidationError: the version does not load or answer in a fresh process.
     """
     images = check_image(np.asarray(sample_images, np.float32), "sample_images")
+    export_root = Path(export_dir).resolve()
+    serving_base = export_root / "serving" / model_name
+    config_path = export_root / "serving" / CONFIG_FILE
+    release: dict = {}
 
-    def validate(saved_model: Path, onnx_path: Path) -> dict:
+    def validate(saved_model: Path, onnx_path: Path, version: int) -> dict:
+        # models.config first: a hand-edited file that does not parse stops the export cheaply.
+        stable, canary_version = _labels(config_path, model_name, serving_base, version, canary)
+        release["sources"] = labelled_sources(config_path, model_name,
+                                              serving_base_path or serving_base, stable,
+                                              canary_version)
+        release["labels"] = {"stable": stable} | (
+            {"canary": canary_version} if canary_version else {})
         write_warmup_file(saved_model, images, model_name, min(warmup_records, len(images)))
         difference = check_parity(saved_model, onnx_path, images, parity_tolerance)
         return {"parity_max_abs_diff": difference,
                 "infra_validation": run_infra_validation(saved_model, model_name)}
 
-    info = export_model(model, export_dir, model_name, multiple, opset, metadata, extra_assets,
+    info = export_model(model, export_root, model_name, multiple, opset, metadata, extra_assets,
                         before_publish=validate, version=version)
-    export_dir = Path(export_dir).resolve()
-    serving_base, version = export_dir / "serving" / model_name, info["version"]
-    config_path = export_dir / "serving" / CONFIG_FILE
-    stable, canary_version = _labels(config_path, model_name, serving_base, version, canary)
-    publish_labels(config_path, model_name, serving_base_path or serving_base, stable,
-                   canary_version)
-    labels = {"stable": stable} | ({"canary": canary_version} if canary_version else {})
-    return {**info, "models_config": str(config_path), "labels": labels, "opset": opset}
+    write_model_config(config_path, release["sources"])
+    return {**info, "models_config": str(config_path), "labels": release["labels"],
+            "opset": opset}
