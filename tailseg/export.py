@@ -204,8 +204,8 @@ def export_model(model: keras.Model, export_dir: str | Path, model_name: str, mu
         version: the version the caller already named (e.g. in the model card); it must still
             be the next free one, else nothing is written. Default: the next free one.
         before_publish: called with the staged SavedModel directory, ONNX file and version
-            before they are renamed into place; it may add files (e.g. warm-up requests) and raises to
-            publish nothing. What it returns is merged into the result.
+            before they are renamed into place; it may add files (e.g. warm-up requests) and
+            raises to publish nothing. What it returns is merged into the result.
 
     Returns:
         {"version", "saved_model", "onnx"} with absolute paths, plus before_publish's result.
