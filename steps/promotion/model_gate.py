@@ -29,7 +29,16 @@ def production_comparison(model_name: str, test_metrics: dict, data_split: dict,
             f"{' or '.join(missing)} artifact, so the gate cannot compare with it; re-promote a "
             "version trained by this pipeline, or archive this one (`zenml model version update "
             f"{model_name} {production.name} --stage archived`) to release as a first model")
-    threshold = float(production.run_metadata.get("test_threshold", test_metrics["threshold"]))
+    if "test_threshold" not in production.run_metadata:
+        # Scoring production at the candidate's threshold would judge it by a rule it never
+        # chose; the README promises its own.
+        raise ProductionModelError(
+            f"model {model_name!r} version {production.name!r} is in production but has no "
+            "test_threshold metadata (its decision threshold), so the gate cannot re-evaluate "
+            "it at its own threshold; re-promote a version trained by this pipeline, or archive "
+            f"this one (`zenml model version update {model_name} {production.name} --stage "
+            "archived`) to release as a first model")
+    threshold = float(production.run_metadata["test_threshold"])
     return compare_with_production(test_metrics, data_split, artifacts["unet_model"].load(),
                                    artifacts["data_split"].load(), threshold, config)
 
