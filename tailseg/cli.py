@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tailseg import runtime
 from tailseg.constants import MIN_SITE_AREA_HA
-from tailseg.errors import ConfigError, TailsegError
+from tailseg.errors import ConfigError, OutputExistsError, TailsegError
 
 logger = logging.getLogger("tailseg")
 
@@ -331,28 +331,51 @@ def _add_change(subparsers) -> None:
 
 
 def _change(args) -> int:
+    """Everything is checked before the first scene is predicted (both scenes, the options, the
+    outputs); a failure after it removes the predictions this run wrote."""
+    from pydantic import ValidationError
+
     from tailseg.change import detect_change
     from tailseg.config import ChangeConfig
 
     out = Path(args.out)
-    sites = {}
-    for key in ("before", "after"):
-        path = Path(getattr(args, key))
-        if path.suffix.lower() in (".tif", ".tiff"):
-            if not args.model:
-                raise TailsegError(f"{path}: a scene needs --model to be predicted first")
-            from tailseg.predict import run_prediction
-
-            config = _predict_config(args).model_copy(update={"vector_format": "geojson"})
-            result = run_prediction(path, args.model, out / key, args.backend, config)
-            path = Path(result.outputs["tailings"])  # change compares GeoJSONs
-        sites[key] = path
-    name = f"{Path(args.before).stem}_to_{Path(args.after).stem}_change.geojson"
     given = {"min_area_ha": args.min_area_ha} if args.min_area_ha is not None else {}
-    config = ChangeConfig(min_relative_change=args.min_relative_change,
-                          min_change_ha=args.min_change_ha, **given)
-    print(json.dumps(detect_change(sites["before"], sites["after"], out / name, config,
-                                   overwrite=args.overwrite), indent=2))
+    try:
+        config = ChangeConfig(min_relative_change=args.min_relative_change,
+                              min_change_ha=args.min_change_ha, **given)
+    except ValidationError as error:
+        raise ConfigError(f"invalid change options:\n{error}") from error
+    name = f"{Path(args.before).stem}_to_{Path(args.after).stem}_change.geojson"
+    if (out / name).exists() and not args.overwrite:
+        raise OutputExistsError(f"{out / name}: already exists; pass --overwrite to replace it")
+    inputs = {key: Path(getattr(args, key)) for key in ("before", "after")}
+    scenes = {key: path for key, path in inputs.items()
+              if path.suffix.lower() in (".tif", ".tiff")}
+    sites = {key: path for key, path in inputs.items() if key not in scenes}
+    written: list[Path] = []
+    if scenes:
+        from tailseg.predict import check_scene, load_model, predict_scene
+
+        if not args.model:
+            raise TailsegError(f"{next(iter(scenes.values()))}: a scene needs --model to be "
+                               "predicted first")
+        scene_config = _predict_config(args).model_copy(update={"vector_format": "geojson"})
+        for key, path in scenes.items():
+            check_scene(path, out / key, scene_config)
+        predictor = load_model(args.model, args.backend)
+    try:
+        for key, path in scenes.items():
+            result = predict_scene(path, predictor, out / key, scene_config)
+            written += [Path(p) for p in result.outputs.values()]
+            sites[key] = Path(result.outputs["tailings"])  # change compares GeoJSONs
+        summary = detect_change(sites["before"], sites["after"], out / name, config,
+                                overwrite=args.overwrite)
+    except BaseException:
+        if not args.overwrite:  # with --overwrite an earlier output may have been replaced
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise
+    print(json.dumps(summary, indent=2))
     return 0
 
 

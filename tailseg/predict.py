@@ -236,6 +236,34 @@ def _tags(provenance: dict) -> dict[str, str]:
             for key, value in provenance.items()}
 
 
+def _check_scene(dataset, input_path: Path, config: PredictConfig):
+    """(band indexes, convention, radiometry evidence), or the error of a scene that cannot be
+    predicted: bands, CRS, reflectance convention."""
+    indexes = scene_band_indexes(dataset, input_path, config.bands)
+    if dataset.crs is None:
+        raise CRSMissingError(f"{input_path}: has no coordinate reference system, so the "
+                              "outputs cannot be placed on a map; assign one, e.g. "
+                              "`gdal_edit.py -a_srs EPSG:32723 FILE`")
+    convention, evidence = check_radiometry(dataset, input_path, indexes, config.convention,
+                                            config.force)
+    return indexes, convention, evidence
+
+
+def check_scene(input_path: str | Path, out_dir: str | Path,
+                config: PredictConfig | None = None) -> None:
+    """The checks predict_scene makes before its first window, without a model: for a caller
+    that predicts several scenes and must not start unless all can run (tailseg change).
+
+    Raises:
+        What predict_scene raises for bad input, and OutputExistsError.
+    """
+    config = config or PredictConfig()
+    input_path = Path(input_path)
+    with open_raster(input_path) as dataset:
+        _check_scene(dataset, input_path, config)
+    check_existing(output_paths(input_path, out_dir, config.vector_format), config.overwrite)
+
+
 def predict_scene(input_path: str | Path, predictor, out_dir: str | Path,
                   config: PredictConfig | None = None) -> SceneResult:
     """Predict a whole GeoTIFF scene and write probability, mask and site polygons.
@@ -266,13 +294,7 @@ def predict_scene(input_path: str | Path, predictor, out_dir: str | Path,
         stack.enter_context(interrupts_as_exceptions())
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
         dataset = stack.enter_context(open_raster(input_path))
-        indexes = scene_band_indexes(dataset, input_path, config.bands)
-        if dataset.crs is None:
-            raise CRSMissingError(f"{input_path}: has no coordinate reference system, so the "
-                                  "outputs cannot be placed on a map; assign one, e.g. "
-                                  "`gdal_edit.py -a_srs EPSG:32723 FILE`")
-        convention, evidence = check_radiometry(dataset, input_path, indexes,
-                                                config.convention, config.force)
+        indexes, convention, evidence = _check_scene(dataset, input_path, config)
         config = resolve_blending(config, predictor, dataset.height, dataset.width)
         config = config.model_copy(update={"convention": convention})
         prepare_output_dir(out_dir)
@@ -356,12 +378,16 @@ def run_prediction(input_path: str | Path, model: str | Path, out_dir: str | Pat
     backend: "tf", "onnx", "serving" (model is then a server URL, see tailseg.serving.client)
     or None (from the model path).
     """
+    return predict_scene(input_path, load_model(model, backend), out_dir, config)
+
+
+def load_model(model: str | Path, backend: str | None = None):
+    """The predictor of a model path or server URL (backends as in run_prediction)."""
     from tailseg.backends import load_predictor
 
     is_url = str(model).startswith(SERVER_URL_PREFIXES)
     if backend == "serving" and not is_url:
         raise ModelFormatError(f"{model}: backend 'serving' needs a model server URL, e.g. "
                                "grpc://HOST:8500/tailseg or http://HOST:8501/v1/models/tailseg")
-    predictor = load_predictor(str(model) if is_url else model,
-                               None if backend == "serving" else backend)
-    return predict_scene(input_path, predictor, out_dir, config)
+    return load_predictor(str(model) if is_url else model,
+                          None if backend == "serving" else backend)

@@ -213,6 +213,40 @@ def test_cli_predict_and_change(utm_scene, red_model, tmp_path, capsys):
                  "--overlap", "60"]) == 2  # not a multiple of 16: a clear error, no traceback
 
 
+def test_cli_change_of_two_scenes_checks_both_before_predicting_either(utm_scene, red_model,
+                                                                      tmp_path, capsys):
+    path, _, _ = utm_scene
+    options = ["--model", str(red_model.path), "--window", "64", "--overlap", "32", "--margin",
+               "8", "--convention", "dn", "--no-progress"]
+    out = tmp_path / "change"
+    four = write_image(tmp_path / "four.tif", np.ones((4, 20, 20)), descriptions=None)
+    # A bad AFTER scene, a bad option, an existing change file: each is found before the
+    # BEFORE scene is predicted, so nothing is written.
+    assert main(["change", str(path), str(four), "--out", str(out), *options]) == 2
+    assert "four.tif: has 4 bands" in capsys.readouterr().err
+    assert main(["change", str(path), str(path), "--out", str(out), *options,
+                 "--min-change-ha", "-1"]) == 2
+    assert "invalid change options" in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()
+    (out / "scene_to_scene_change.geojson").write_text("{}")
+    assert main(["change", str(path), str(path), "--out", str(out), *options]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == ["scene_to_scene_change.geojson"]
+    (out / "scene_to_scene_change.geojson").unlink()
+    # A failure after the BEFORE scene is predicted (an unreadable AFTER GeoJSON) removes what
+    # this run predicted.
+    broken = tmp_path / "after_tailings.geojson"
+    broken.write_text("not json")
+    assert main(["change", str(path), str(broken), "--out", str(out), *options]) == 2
+    assert list(out.rglob("*.tif")) == [] and list(out.rglob("*.geojson")) == []
+    assert main(["change", str(path), str(path), "--out", str(out), *options]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["counts"] == {"unchanged": len(SQUARES)}
+    assert (out / "before" / "scene_tailings.geojson").is_file()
+    assert (out / "after" / "scene_tailings.geojson").is_file()
+
+
 @pytest.mark.slow  # about 20 s: starts a ZenML pipeline run on the local default stack
 def test_batch_inference_pipeline(utm_scene, red_model, tmp_path, zenml_home):
     from pipelines.batch_inference import batch_inference
