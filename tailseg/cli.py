@@ -678,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (TailsegError, OSError) as error:  # OSError: a file or folder problem, not a bug
+        if args.verbose:  # where it was raised, for a bug report
+            logger.error("tailseg %s failed", args.command, exc_info=error)
         print(f"tailseg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # SIGINT, or SIGTERM during prediction

@@ -162,3 +162,14 @@ def test_expected_warnings_are_hidden_and_others_shown(capsys):
     err = capsys.readouterr().err
     assert "findfont" not in err
     assert "a font file is unreadable" in err
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_only_verbose_shows_where_a_tailseg_error_was_raised(verbose, tmp_path):
+    flags = ["-v"] if verbose else []
+    result = subprocess.run([sys.executable, "-m", "tailseg.cli", *flags, "split",
+                             str(tmp_path / "missing")], capture_output=True, text=True,
+                            env=runtime.tensorflow_environment())
+    assert result.returncode == 2
+    assert f"tailseg split: error: {tmp_path / 'missing'}" in result.stderr
+    assert ("Traceback (most recent call last)" in result.stderr) is verbose
