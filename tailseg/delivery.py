@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tailseg.errors import ConfigError
+from tailseg.textfile import write_atomically
 
 RECEIPTS = "receipts"
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -41,12 +42,8 @@ def previous_export(export_dir: str | Path, key: str) -> dict[str, Any] | None:
 
 def record_export(export_dir: str | Path, key: str, info: dict[str, Any]) -> Path:
     """Write the receipt of an export (atomically: a reader never sees half a file)."""
-    path = receipt_path(export_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    partial.replace(path)
-    return path
+    return write_atomically(receipt_path(export_dir, key),
+                            json.dumps(info, indent=2, sort_keys=True, default=str))
 
 
 def repository_targets(info: dict[str, Any], export_dir: str | Path, repository_uri: str
@@ -74,7 +71,7 @@ def promote_version(models_config: str | Path, model_name: str, version: int,
 
     Raises:
         FileNotFoundError: the version is not in the repository.
-        ConfigError: the config has no model of that name.
+        ConfigError: the config does not parse or has no model of that name.
     """
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -86,7 +83,11 @@ def promote_version(models_config: str | Path, model_name: str, version: int,
             raise FileNotFoundError(f"{saved_model} does not exist: version {version} was never "
                                     "exported to this repository (or was removed)")
     text = path.read_text()
-    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    try:
+        config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as error:
+        raise ConfigError(f"{path}: not a readable ModelServerConfig text proto ({error})") \
+            from error
     models = [m for m in config.model_config_list.config if m.name == model_name]
     if not models:
         raise ConfigError(f"{path}: no model named {model_name!r}")
@@ -100,5 +101,5 @@ def promote_version(models_config: str | Path, model_name: str, version: int,
     lines = text.splitlines()
     header = "".join(f"{line}\n" for line in itertools.takewhile(
         lambda line: line.startswith("#"), lines))
-    path.write_text(header + text_format.MessageToString(config))
+    write_atomically(path, header + text_format.MessageToString(config))
     return previous

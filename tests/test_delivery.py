@@ -87,3 +87,45 @@ def test_promote_pins_the_version_and_rollback_moves_stable_back(tmp_path, capsy
     assert config.read_text() == before
     with pytest.raises(ConfigError, match="no model named 'other'"):
         promote_version(config, "other", 1)
+
+
+def test_promote_replaces_the_config_in_one_rename_and_keeps_its_permissions(tmp_path):
+    # A server polling models.config never reads half of it: a reader that opened the file
+    # before the promotion still reads the old content whole, and the mode is unchanged.
+    import os
+    import shutil
+
+    from tailseg.delivery import promote_version
+    from tailseg.errors import ConfigError
+
+    config = tmp_path / "models.config"
+    shutil.copy(ROOT / "infra/k8s/overlays/production/models.config", config)
+    config.chmod(0o644)
+    before = config.read_text()
+    with config.open() as reader:
+        promote_version(config, "tailseg", 5)
+        assert reader.read() == before
+    assert "versions: 5" in config.read_text()
+    assert oct(config.stat().st_mode & 0o777) == oct(0o644)
+    assert [p.name for p in tmp_path.iterdir()] == ["models.config"]  # no temporary left
+    config.write_text("model_config_list { config { nme: 'x' } }")
+    with pytest.raises(ConfigError, match="models.config: not a readable ModelServerConfig"):
+        promote_version(config, "tailseg", 5)
+    os.chmod(config, 0o600)
+    config.write_text(before)
+    promote_version(config, "tailseg", 6)
+    assert oct(config.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_new_atomically_written_file_gets_the_umask_mode_not_mkstemps(tmp_path):
+    import os
+
+    from tailseg.textfile import write_atomically
+
+    umask = os.umask(0o022)
+    try:
+        path = write_atomically(tmp_path / "sub" / "models.config", "x")
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "x"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)

@@ -7,13 +7,12 @@ never reads half of it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from tailseg.errors import ConfigError
+from tailseg.textfile import write_atomically
 
 CONFIG_FILE = "models.config"
 Policy = Literal["latest", "all", "specific"]
@@ -66,14 +65,7 @@ def write_model_config(path: str | Path, sources: list[ModelSource]) -> Path:
     """Write models.config atomically."""
     from google.protobuf import text_format
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = text_format.MessageToString(to_proto(sources))
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-    return path
+    return write_atomically(path, text_format.MessageToString(to_proto(sources)))
 
 
 def read_model_config(path: str | Path) -> list[ModelSource]:

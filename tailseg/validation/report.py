@@ -5,12 +5,12 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tailseg.textfile import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +62,6 @@ def render_html(report: dict, pages: list[tuple[str, str]]) -> str:
             f"<h2>Dataset checks</h2><ul>{dataset or '<li>all passed</li>'}</ul>"
             f"<h2>Quarantined chips</h2><table border='1' cellpadding='4'><tr><th>chip</th>"
             f"<th>check</th><th>message</th></tr>{rows}</table>{frames}</body></html>")
-
-
-def write_atomically(path: str | Path, text: str) -> Path:
-    """Write through a temporary file in the same folder, so no partial file is ever left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_reports(result, json_path: str | Path | None, html_path: str | Path | None) -> None:
