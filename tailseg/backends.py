@@ -11,16 +11,25 @@ A model path is resolved by what it holds:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from tailseg.errors import ModelFormatError
-from tailseg.export import INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE, existing_versions
+from tailseg.export import (
+    INPUT_NAME,
+    METADATA_FILE,
+    ONNX_METADATA_KEY,
+    OUTPUT_NAME,
+    SIGNATURE,
+    existing_versions,
+)
 from tailseg.predictor import Predictor
 
 BackendName = Literal["tf", "onnx"]
+logger = logging.getLogger(__name__)
 
 
 def resolve_saved_model(path: str | Path) -> Path:
@@ -80,14 +89,28 @@ def load_onnx(path: str | Path, threads: int | None = None) -> Predictor:
     def predict(images: np.ndarray) -> np.ndarray:
         return session.run([wanted], {input_name: images})[0]
 
-    metadata = {}
-    # exports/onnx/<name>/<v>/model.onnx -> the metadata of exports/serving/<name>/<v>/
+    return Predictor(predict, "onnx", path, _onnx_metadata(path, session))
+
+
+def _onnx_metadata(path: Path, session) -> dict:
+    """The tailseg metadata in the model's metadata_props; for a file exported before it was
+    embedded, that of the SavedModel beside it (exports/onnx/<name>/<v>/model.onnx ->
+    exports/serving/<name>/<v>/); else {} with a warning, as the threshold falls back to 0.5."""
+    embedded = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    if embedded:
+        try:
+            return json.loads(embedded)
+        except json.JSONDecodeError as error:
+            raise ModelFormatError(f"{path}: metadata_props[{ONNX_METADATA_KEY!r}] is not JSON "
+                                   f"({error})") from error
     parents = path.resolve().parents
     candidate = (parents[3] / "serving" / parents[1].name / parents[0].name
                  if len(parents) > 3 else None)
     if candidate is not None and candidate.is_dir():
-        metadata = read_metadata(candidate)
-    return Predictor(predict, "onnx", path, metadata)
+        return read_metadata(candidate)
+    logger.warning("%s: carries no tailseg metadata, so its decision threshold is unknown; "
+                   "0.5 is used unless --threshold is given", path)
+    return {}
 
 
 def load_predictor(path: str | Path, backend: BackendName | None = None) -> Predictor:

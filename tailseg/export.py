@@ -37,6 +37,7 @@ OUTPUT_NAME = "probability"
 BYTES_SIGNATURE = "serving_bytes"
 BYTES_INPUTS = ("image_bytes", "height", "width")
 METADATA_FILE = "tailseg.json"  # inside assets.extra/, beside TF Serving's warm-up file
+ONNX_METADATA_KEY = "tailseg"  # the same metadata, as JSON in the ONNX model's metadata_props
 
 
 def serving_function(model: keras.Model, multiple: int) -> tf.types.experimental.GenericFunction:
@@ -112,8 +113,11 @@ def write_saved_model(model: keras.Model, directory: str | Path, multiple: int,
     return directory
 
 
-def write_onnx(saved_model_dir: str | Path, onnx_path: str | Path, opset: int) -> Path:
-    """Convert the SavedModel's serving signature to ONNX with tf2onnx in a subprocess."""
+def write_onnx(saved_model_dir: str | Path, onnx_path: str | Path, opset: int,
+               metadata: dict | None = None) -> Path:
+    """Convert the SavedModel's serving signature to ONNX with tf2onnx in a subprocess; the
+    tailseg metadata (threshold, bands, version) goes into the model's metadata_props under
+    ONNX_METADATA_KEY, so a copied model.onnx keeps its decision threshold."""
     onnx_path = Path(onnx_path)
     command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model_dir),
                "--signature_def", SIGNATURE, "--opset", str(opset), "--output", str(onnx_path)]
@@ -122,6 +126,13 @@ def write_onnx(saved_model_dir: str | Path, onnx_path: str | Path, opset: int) -
     if result.returncode != 0 or not onnx_path.is_file():
         raise ExportError(f"{saved_model_dir}: tf2onnx conversion failed:\n"
                           f"{result.stderr[-3000:]}")
+    if metadata is not None:
+        import onnx
+
+        proto = onnx.load(str(onnx_path))
+        onnx.helper.set_model_props(proto, {ONNX_METADATA_KEY: json.dumps(
+            metadata, sort_keys=True, default=str)})
+        onnx.save(proto, str(onnx_path))
     return onnx_path
 
 
@@ -225,7 +236,7 @@ def export_model(model: keras.Model, export_dir: str | Path, model_name: str, mu
     with staged_directories(saved_final, onnx_final) as (saved_stage, onnx_stage):
         saved_model = saved_stage / "model"
         write_saved_model(model, saved_model, multiple, metadata, extra_assets)
-        onnx_path = write_onnx(saved_model, onnx_stage / "model.onnx", opset)
+        onnx_path = write_onnx(saved_model, onnx_stage / "model.onnx", opset, metadata)
         checks = before_publish(saved_model, onnx_path, version) if before_publish else {}
         for item in saved_model.iterdir():
             item.rename(saved_stage / item.name)

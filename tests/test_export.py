@@ -1,5 +1,7 @@
 """The serving contract, reloaded: signature names, dtypes, any size, TF == ONNX, versions."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -57,8 +59,27 @@ def test_versions_increase_and_metadata_travels(exported):
     assert resolve_saved_model(root / "serving" / "tailseg").name == "2"
     predictor = load_predictor(first["saved_model"])
     assert predictor.metadata["threshold"] == 0.4
-    assert load_predictor(first["onnx"]).metadata["threshold"] == 0.4  # found beside the ONNX
+    assert load_predictor(first["onnx"]).metadata["threshold"] == 0.4
     assert (root / "serving/tailseg/1/assets.extra/model_card.md").read_text() == "# card"
+
+
+def test_a_copied_onnx_file_keeps_its_threshold(exported, tmp_path, caplog):
+    import shutil
+
+    import onnx
+
+    _, _, first, _ = exported
+    copy = Path(shutil.copy(first["onnx"], tmp_path / "model.onnx"))  # outside exports/onnx/
+    metadata = load_predictor(copy).metadata
+    assert (metadata["threshold"], metadata["version"]) == (0.4, 1)
+    assert metadata["bands"] == ["B2", "B3", "B4"]
+    # A file without the metadata (e.g. converted by hand) says its threshold is unknown.
+    proto = onnx.load(str(copy))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(copy))
+    with caplog.at_level("WARNING", logger="tailseg.backends"):
+        assert load_predictor(copy).metadata == {}
+    assert "carries no tailseg metadata" in caplog.text
 
 
 def test_a_named_version_that_is_no_longer_free_writes_nothing(exported):
