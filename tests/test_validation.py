@@ -249,6 +249,9 @@ def test_config_is_strict():
         ValidationConfig(min_valid_chip=3)
     with pytest.raises(ValidationError, match="chip_size_min"):
         ValidationConfig(chip_size_min=500, chip_size_max=100)
+    # The chip loader rejects any nodata pixel: a tolerance would pass chips training refuses.
+    with pytest.raises(ValidationError, match="max_nodata_fraction"):
+        ValidationConfig(max_nodata_fraction=0.1)
 
 
 def test_suites_are_curated_files_with_a_version_and_messages():

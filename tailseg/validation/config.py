@@ -28,9 +28,10 @@ class ValidationConfig(BaseModel):
     reflectance_min: float = Field(REFLECTANCE_MIN, description="Lowest plausible reflectance.")
     reflectance_max: float = Field(REFLECTANCE_MAX, description="Highest plausible reflectance.")
     max_nodata_fraction: float = Field(
-        0.0, ge=0, le=1,
-        description="Share of nodata pixels an image may have; 0 because the chip loader "
-                    "rejects any nodata pixel.")
+        0.0, ge=0, le=0,
+        description="Share of nodata pixels an image may have: only 0, because the chip loader "
+                    "rejects any nodata pixel (a higher value would pass chips that training "
+                    "then refuses).")
     tailings_fraction_min: float = Field(
         0.001, ge=0, le=1, description="Per chip: fewer tailings pixels means a suspect mask.")
     tailings_fraction_max: float = Field(
