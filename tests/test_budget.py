@@ -249,7 +249,7 @@ def test_model_card_states_planned_and_run_epochs_and_a_cut():
 
 
 def test_run_report_warns_when_the_budget_cut_the_schedule():
-    from tailseg.cli import _run_report
+    from pipelines.cli import _run_report
 
     training = {"epochs_run": 5, "planned_epochs": 8, "best_epoch": 4}
     cut = _run_report({"run": "r", "status": "completed",

@@ -327,7 +327,7 @@ def test_stack_register_in_an_isolated_zenml_store(tmp_path):
                         "ZENML_ANALYTICS_OPT_IN": "false", "TAILSEG_BUCKET": "test-bucket"}
 
     def tailseg(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tailseg.cli", *args], cwd=ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=240)
 
     first = tailseg("stack", "register", "local", "kubernetes", "--activate")
@@ -768,7 +768,7 @@ def test_every_command_of_the_walk_through_exists():
     import click
     from zenml.cli.cli import cli as zenml_cli
 
-    from tailseg.cli import build_parser
+    from pipelines.cli import build_parser
 
     commands = _doc_commands()
     seen = {command[0] for command in commands}

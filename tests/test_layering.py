@@ -80,3 +80,25 @@ def test_tailseg_modules_import_each_other_without_cycles():
              for name, path in files.items()}
     assert graph["tailseg.backends"] >= {"tailseg.predictor", "tailseg.serving.client"}
     assert _import_cycles(graph) == []
+
+
+def _imported_top_level(path: Path) -> set[str]:
+    """The top-level packages a file imports anywhere (in functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+    return names
+
+
+def test_no_tailseg_source_imports_zenml_or_the_pipeline_packages_even_deferred():
+    """Importing every module (above) misses imports inside functions: the library's source
+    names neither ZenML nor the ZenML layers (pipelines, steps) anywhere."""
+    root = Path(tailseg.__file__).parent
+    offenders = {str(path.relative_to(root.parent)): sorted(found)
+                 for path in sorted(root.rglob("*.py"))
+                 if (found := _imported_top_level(path) & {"zenml", "pipelines", "steps"})}
+    assert offenders == {}
+    assert "zenml" in _imported_top_level(Path(__file__).parents[1] / "pipelines" / "cli.py")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tailseg.cli import main
+from pipelines.cli import main
 
 TINY = {
     # The split hashes each chip id; with 8 chips these fractions leave 5/2/1 chips.

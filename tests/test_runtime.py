@@ -35,7 +35,7 @@ def user_run(tmp_path_factory, bundled_data):
     env |= {"ZENML_CONFIG_PATH": str(root / "zenml" / "config"),
             "ZENML_LOCAL_STORES_PATH": str(root / "zenml" / "stores"),
             "ZENML_ANALYTICS_OPT_IN": "false"}
-    result = subprocess.run([sys.executable, "-m", "tailseg.cli", "run", "--config", str(config),
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--config", str(config),
                              "--json", str(root / "summary.json")],
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
