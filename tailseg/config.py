@@ -84,6 +84,11 @@ class TrainConfig(Strict):
                                      "those that end with the learning-rate decay at least this "
                                      "far done (0: any epoch; 1: the last planned epoch); "
                                      "early stopping counts from the first such epoch.")
+    weight_average: float | None = Field(
+        None, gt=0, lt=1, description="Momentum of an exponential moving average of the "
+                                      "weights (Polyak averaging; e.g. 0.99): validation, the "
+                                      "kept epoch and the exported model use the averaged "
+                                      "weights. None: the raw weights.")
     max_minutes: float | None = Field(
         None, gt=0, description="Training time budget: the number of epochs (at most `epochs`) "
                                 "and the learning-rate decay are planned to fit it "

@@ -92,12 +92,25 @@ class _BestWeights(keras.callbacks.Callback):
 
 
 def compile_model(model: keras.Model, config: TrainConfig, learning_rate=None) -> None:
-    """Adam with the configured loss and the tailings IoU metric (named "iou")."""
+    """Adam with the configured loss and the tailings IoU metric (named "iou"); with
+    config.weight_average, Adam also keeps a moving average of the weights (swapped in by
+    weight_average_callbacks)."""
+    averaged = config.weight_average is not None
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate or config.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate or config.learning_rate, use_ema=averaged,
+                                        ema_momentum=config.weight_average or 0.99),
         loss=get_loss(config.loss, config.tversky_alpha, config.tversky_beta),
         metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")],
     )
+
+
+def weight_average_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
+    """With config.weight_average, the callback that puts the averaged weights in the model for
+    every validation and at every epoch's end (so _BestWeights, after it, keeps the weights
+    that were validated) and the raw ones back for the next epoch's training."""
+    if config.weight_average is None:
+        return []
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
 
 
 def global_batches(config: TrainConfig, plan: AccelerationPlan) -> TrainConfig:
@@ -138,7 +151,10 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
                                   plan.global_batch_size(VAL_BATCH_PER_REPLICA), plan.replicas)
     budget = BudgetSchedule(schedule, steps, config.epochs, config.max_minutes)
     best = _BestWeights(budget, config.restore_from, config.early_stopping_patience)
-    callbacks = [budget, best]  # in this order: best reads the progress budget records
+    # In this order: best keeps the weights the swap puts in place and reads the progress
+    # budget records. With averaging, fit ends by overwriting the weights with the average;
+    # best's restore comes after that.
+    callbacks = weight_average_callbacks(config) + [budget, best]
     started = time.monotonic()
     fit = model.fit(training_dataset(train_chips, batches), epochs=config.epochs,
                     steps_per_epoch=steps, validation_data=val_data,
@@ -152,6 +168,7 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     return TrainResult(model=model, history=history, best_epoch=best.best_epoch + 1,
                        seconds=seconds, chips_per_second=float(equivalent_chips / seconds),
                        info={**budget.summary(epochs_run), "restore_from": config.restore_from,
+                             "weight_average": config.weight_average,
                              "steps_per_epoch": steps,
                              "global_batch_size": batches.batch_size,
                              **{f"accelerator_{k}": v for k, v in plan.describe().items()},

@@ -202,3 +202,49 @@ def test_mirrored_training_takes_the_batch_size_per_replica():
     assert (info["accelerator_replicas"], info["global_batch_size"]) == (2, 6)
     assert info["steps_per_epoch"] == 2
     assert np.isfinite(outcome["val_iou"]).all()
+
+
+class _WeightLog(keras.callbacks.Callback):
+    """Records the probability layer's kernel after every training batch (the raw weights the
+    optimizer just updated) and at every validation (the weights validated)."""
+
+    def __init__(self):
+        super().__init__()
+        self.raw, self.validated = [], []
+
+    def _kernel(self):
+        return self.model.get_layer("probability").get_weights()[0].copy()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.raw.append(self._kernel())
+
+    def on_test_begin(self, logs=None):  # after the swap callback, which runs first
+        self.validated.append(self._kernel())
+
+
+def test_weight_average_is_what_is_validated_and_kept(tmp_path):
+    # One step per epoch, momentum 0.5: the average after step t is 0.5 * the average after
+    # step t - 1 + 0.5 * the raw weights after step t (the raw weights after step 1). Validation
+    # sees that average, not the raw weights; the kept model is the best epoch's average, and
+    # the next epoch trains on from the raw weights.
+    train, _ = load_chips(require_pairs(make_dataset(tmp_path / "a", n_chips=2, size=32, seed=1)))
+    val, _ = load_chips(require_pairs(make_dataset(tmp_path / "b", n_chips=1, size=32, seed=2)))
+    config = TrainConfig(epochs=4, steps_per_epoch=1, batch_size=2, crop_size=32, verbose=0,
+                         learning_rate=0.05, weight_average=0.5)
+    log = _WeightLog()
+    result = train_model(train, val, ModelConfig(base_filters=2, depth=2, dropout=0), config,
+                         extra_callbacks=[log])
+    raw, validated = log.raw, log.validated
+    assert len(raw) == len(validated) == 4
+    average = raw[0]
+    for step in range(4):
+        if step:
+            average = 0.5 * average + 0.5 * raw[step]
+            assert not np.allclose(validated[step], raw[step])  # the average, not the raw
+        np.testing.assert_allclose(validated[step], average, rtol=1e-5, atol=1e-7)
+        # The raw weights keep training: each step starts from the last raw weights.
+        if step:
+            assert not np.allclose(raw[step], validated[step - 1])
+    kept = result.model.get_layer("probability").get_weights()[0]
+    np.testing.assert_allclose(kept, validated[result.best_epoch - 1], rtol=1e-6)
+    assert result.info["weight_average"] == 0.5
