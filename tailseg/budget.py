@@ -193,7 +193,7 @@ class BudgetSchedule(keras.callbacks.Callback):
 
 
 SUMMARY_KEYS = ("planned_epochs", "max_epochs", "epochs_run", "best_epoch", "restore_from",
-                "stop_reason", "schedule_completed", "budget_minutes", "seconds_per_epoch",
+                "weight_average", "stop_reason", "schedule_completed", "budget_minutes", "seconds_per_epoch",
                 "seconds")
 
 

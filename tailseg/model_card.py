@@ -36,6 +36,8 @@ def _schedule_text(training: dict) -> str:
     restore = training.get("restore_from")
     kept = (f" (best validation IoU among the epochs at least {restore:.0%} into the decay)"
             if restore else " (best validation IoU)")
+    if training.get("weight_average"):
+        kept += f", moving average of the weights (momentum {training['weight_average']:g})"
     return (f"Epochs run: {training.get('epochs_run')}, {plan}; {stop}. Kept epoch: "
             f"{training.get('best_epoch')}{kept}, training time: "
             f"{training.get('seconds', 0):.0f} s "

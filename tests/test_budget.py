@@ -246,6 +246,10 @@ def test_model_card_states_planned_and_run_epochs_and_a_cut():
             "learning-rate schedule completed") in shaped
     cut = card(planned_epochs=8, epochs_run=5, budget_minutes=21, stop_reason="time_budget")
     assert "Epochs run: 5, planned 8" in cut and "**cut by the time budget" in cut
+    assert "moving average" not in shaped
+    averaged = card(planned_epochs=8, epochs_run=8, stop_reason="completed", weight_average=0.99)
+    assert "Kept epoch: 7 (best validation IoU), moving average of the weights (momentum 0.99)" \
+        in averaged
 
 
 def test_run_report_warns_when_the_budget_cut_the_schedule():
