@@ -99,10 +99,14 @@ def _onnx_metadata(path: Path, session) -> dict:
     embedded = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
     if embedded:
         try:
-            return json.loads(embedded)
+            metadata = json.loads(embedded)
         except json.JSONDecodeError as error:
             raise ModelFormatError(f"{path}: metadata_props[{ONNX_METADATA_KEY!r}] is not JSON "
                                    f"({error})") from error
+        if not isinstance(metadata, dict):
+            raise ModelFormatError(f"{path}: metadata_props[{ONNX_METADATA_KEY!r}] is "
+                                   f"{type(metadata).__name__}, not a JSON object")
+        return metadata
     parents = path.resolve().parents
     candidate = (parents[3] / "serving" / parents[1].name / parents[0].name
                  if len(parents) > 3 else None)

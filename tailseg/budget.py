@@ -193,11 +193,13 @@ class BudgetSchedule(keras.callbacks.Callback):
 
 
 SUMMARY_KEYS = ("planned_epochs", "max_epochs", "epochs_run", "best_epoch", "restore_from",
-                "weight_average", "stop_reason", "schedule_completed", "budget_minutes", "seconds_per_epoch",
-                "seconds")
+                "weight_average", "stop_reason", "schedule_completed", "budget_minutes",
+                "seconds_per_epoch", "seconds")
+EXACT_KEYS = {"weight_average"}  # not rounded: 0.999 is not 1.0
 
 
 def training_schedule_summary(training: dict) -> dict:
     """The schedule part of a training record (run summary, model card, export metadata)."""
-    return {key: (round(value, 2) if isinstance(value, float) else value)
+    return {key: (round(value, 2) if isinstance(value, float) and key not in EXACT_KEYS
+                  else value)
             for key, value in training.items() if key in SUMMARY_KEYS}

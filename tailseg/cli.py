@@ -275,7 +275,11 @@ def _change(args) -> int:
     sites = {key: path for key, path in inputs.items() if key not in scenes}
     written: list[Path] = []
     if scenes:
+        from tailseg.change import read_sites
         from tailseg.predict import check_scene, load_model, predict_scene
+
+        for path in sites.values():  # a GeoJSON beside a scene: read before predicting it
+            read_sites(path)
 
         if not args.model:
             raise TailsegError(f"{next(iter(scenes.values()))}: a scene needs --model to be "

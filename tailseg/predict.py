@@ -120,8 +120,8 @@ def read_tile(dataset, tile: Tile, convention: str, indexes: list[int] | None = 
         raw = dataset.read(indexes, window=window)
         masks = dataset.read_masks(indexes, window=window)
     except RasterioIOError as error:
-        raise RasterReadError(f"{dataset.name}: pixels of {window} cannot be read, truncated? "
-                              f"({error})") from error
+        raise RasterReadError(f"{dataset.name}: pixels of {window} cannot be read, truncated "
+                              f"or corrupt? ({error})") from error
     scales = tuple(dataset.scales[i - 1] for i in indexes)
     offsets = tuple(dataset.offsets[i - 1] for i in indexes)
     reflectance = np.moveaxis(to_reflectance(raw, dataset.dtypes[0], scales, offsets,

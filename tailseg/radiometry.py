@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from tailseg.constants import (
@@ -29,7 +30,7 @@ from tailseg.constants import (
     REFLECTANCE_MAX,
     REFLECTANCE_MIN,
 )
-from tailseg.errors import ReflectanceConventionError
+from tailseg.errors import RasterReadError, ReflectanceConventionError
 from tailseg.raster import to_reflectance
 
 logger = logging.getLogger(__name__)
@@ -69,15 +70,23 @@ def sample_valid_pixels(dataset, indexes: list[int]) -> np.ndarray:
     samples = []
     for x, y in sorted(corners):
         window = Window(x, y, side_x, side_y)
-        samples.append(_valid(dataset.read(indexes, window=window),
-                              dataset.read_masks(indexes, window=window)))
+        samples.append(_read_valid(dataset, indexes, f"{window}", window=window))
     pixels = np.concatenate(samples, axis=1)
     if pixels.shape[1]:
         return pixels
     factor = max(1, -(-max(dataset.height, dataset.width) // OVERVIEW_SIDE))
     shape = (len(indexes), -(-dataset.height // factor), -(-dataset.width // factor))
-    return _valid(dataset.read(indexes, out_shape=shape, resampling=Resampling.nearest),
-                  dataset.read_masks(indexes, out_shape=shape, resampling=Resampling.nearest))
+    return _read_valid(dataset, indexes, "an overview", out_shape=shape,
+                       resampling=Resampling.nearest)
+
+
+def _read_valid(dataset, indexes: list[int], what: str, **read) -> np.ndarray:
+    """_valid of one read; a corrupt or truncated file is a RasterReadError naming it."""
+    try:
+        return _valid(dataset.read(indexes, **read), dataset.read_masks(indexes, **read))
+    except RasterioIOError as error:
+        raise RasterReadError(f"{dataset.name}: pixels of {what} cannot be read, truncated or "
+                              f"corrupt? ({error})") from error
 
 
 def _valid(raw: np.ndarray, masks: np.ndarray) -> np.ndarray:

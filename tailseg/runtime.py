@@ -1,7 +1,8 @@
 """Process set-up for the `tailseg` command: the environment TensorFlow reads when it loads, one
 console log handler, and TensorFlow's start-up lines that are known to be harmless.
 
-Nothing happens at import; `tailseg.cli.main` calls these before it imports TensorFlow or ZenML.
+Nothing happens at import; `tailseg.cli.main` calls these before TensorFlow is imported (and
+the installed entry point, `pipelines.cli`, before ZenML).
 """
 
 from __future__ import annotations

@@ -4,33 +4,38 @@ half-written: write a temporary file in the same folder, then rename it over the
 from __future__ import annotations
 
 import os
+import secrets
 import stat
-import tempfile
 from pathlib import Path
 
 
-def _mode(path: Path) -> int:
-    """The target's permissions, or those a plain open() would give a new file (mkstemp's
-    0600 would lock out a server that runs as another user)."""
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty temporary file in path's folder, with the permissions a plain open() gives
+    (0666 less the umask, applied by the kernel: mkstemp's 0600 would lock out a server that
+    runs as another user, and reading the umask would change it for every thread)."""
+    while True:
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+        except FileExistsError:
+            continue
 
 
 def write_atomically(path: str | Path, text: str) -> Path:
-    """Replace path's content with text in one rename; nothing partial is ever left."""
+    """Replace path's content with text in one rename, keeping an existing target's
+    permissions; nothing partial is ever left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    handle, temporary = _create_beside(path)
     try:
-        os.fchmod(handle, _mode(path))
         with os.fdopen(handle, "w") as stream:
+            try:
+                os.fchmod(stream.fileno(), stat.S_IMODE(path.stat().st_mode))
+            except FileNotFoundError:
+                pass
             stream.write(text)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path

@@ -152,8 +152,9 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     budget = BudgetSchedule(schedule, steps, config.epochs, config.max_minutes)
     best = _BestWeights(budget, config.restore_from, config.early_stopping_patience)
     # In this order: best keeps the weights the swap puts in place and reads the progress
-    # budget records. With averaging, fit ends by overwriting the weights with the average;
-    # best's restore comes after that.
+    # budget records. With averaging, fit ends by overwriting the weights with the
+    # optimizer's averages (after an early stop, the swapped-out raw weights): either way
+    # best's restore at on_train_end comes after that and decides.
     callbacks = weight_average_callbacks(config) + [budget, best]
     started = time.monotonic()
     fit = model.fit(training_dataset(train_chips, batches), epochs=config.epochs,

@@ -78,3 +78,23 @@ def make_dataset(root: str | Path, n_chips: int = 6, size: int = 32, seed: int =
             write_image(root / "images" / name, image, "float32", transform=transform)
         write_mask(root / "masks" / name, mask, transform=transform)
     return root
+
+
+def corrupt_tile(path: str | Path, out: str | Path, column: int, row: int = 0,
+                 block: int = 64) -> Path:
+    """A deflate-compressed, tiled copy of the GeoTIFF path with the tile at (column, row)
+    overwritten by garbage: its header reads, that tile's pixels do not."""
+    out = Path(out)
+    with rasterio.open(path) as source:
+        profile = source.profile | {"compress": "deflate", "tiled": True, "blockxsize": block,
+                                    "blockysize": block}
+        with rasterio.open(out, "w", **profile) as copy:
+            copy.write(source.read())
+            copy.descriptions = source.descriptions
+    with rasterio.open(out) as copy:
+        offset = int(copy.get_tag_item(f"BLOCK_OFFSET_{column}_{row}", "TIFF", bidx=1))
+        size = int(copy.get_tag_item(f"BLOCK_SIZE_{column}_{row}", "TIFF", bidx=1))
+    with open(out, "r+b") as stream:
+        stream.seek(offset)
+        stream.write(b"\xff" * size)
+    return out

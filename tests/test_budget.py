@@ -252,6 +252,14 @@ def test_model_card_states_planned_and_run_epochs_and_a_cut():
         in averaged
 
 
+def test_the_schedule_summary_rounds_times_but_not_the_weight_average():
+    from tailseg.budget import training_schedule_summary
+
+    summary = training_schedule_summary({"seconds": 12.3456, "weight_average": 0.999,
+                                         "band_mean": "0.1,0.2", "epochs_run": 3})
+    assert summary == {"seconds": 12.35, "weight_average": 0.999, "epochs_run": 3}
+
+
 def test_run_report_warns_when_the_budget_cut_the_schedule():
     from pipelines.cli import _run_report
 

@@ -80,6 +80,12 @@ def test_a_copied_onnx_file_keeps_its_threshold(exported, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tailseg.backends"):
         assert load_predictor(copy).metadata == {}
     assert "carries no tailseg metadata" in caplog.text
+    # Metadata that is JSON but not an object is refused, naming the file.
+    proto.metadata_props.add(key="tailseg", value="[0.4]")
+    onnx.save(proto, str(copy))
+    with pytest.raises(ModelFormatError, match=r"model.onnx: metadata_props\['tailseg'\] is "
+                                                "list, not a JSON object"):
+        load_predictor(copy)
 
 
 def test_a_named_version_that_is_no_longer_free_writes_nothing(exported):

@@ -15,7 +15,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tailseg.backends import load_onnx, load_tf
 from tailseg.config import ModelConfig
-from tailseg.errors import ConfigError, InfraValidationError, ParityError
+from tailseg.errors import ConfigError, ExportError, InfraValidationError, ParityError
 from tailseg.model import build_unet
 from tailseg.serving.client import GrpcClient, RestClient
 from tailseg.serving.infra_validate import run_infra_validation
@@ -138,6 +138,26 @@ def test_an_unreadable_models_config_stops_the_export_before_anything_is_publish
             assert sorted(p.name for p in (export_dir / kind / "tailseg").iterdir()) == ["1", "2"]
         assert config.read_text() == "model_config_list { config { nme: 'x' } }"
     finally:
+        config.write_text(config_before)
+
+
+def test_versions_are_taken_back_when_models_config_cannot_be_written(exports, samples):
+    # The versions are renamed into place before models.config is written; if that write
+    # fails (here: a folder where the file should be), the new versions go too.
+    export_dir, _, _ = exports
+    config = export_dir / "serving" / "models.config"
+    config_before = config.read_text()
+    config.unlink()
+    config.mkdir()
+    try:
+        with pytest.raises(ExportError, match=r"models.config: writing it failed .*version 3 "
+                                              r"was taken back, nothing is published"):
+            export_for_serving(tiny_model(3), export_dir, "tailseg", 4, samples)
+        for kind in ("serving", "onnx"):
+            assert sorted(p.name for p in (export_dir / kind / "tailseg").iterdir()) == ["1", "2"]
+        assert not [p for p in config.parent.iterdir() if p.name.startswith(".models.config")]
+    finally:
+        config.rmdir()
         config.write_text(config_before)
 
 

@@ -27,7 +27,7 @@ from tailseg.export import export_model, write_saved_model
 from tailseg.model import build_unet
 from tailseg.predict import predict_scene
 from tailseg.tiling import Tiling
-from tests.rasters import write_image
+from tests.rasters import corrupt_tile, write_image
 
 UTM = "EPSG:32723"
 UTM_TRANSFORM = from_origin(500000, 7776000, 10, 10)
@@ -234,11 +234,21 @@ def test_cli_change_of_two_scenes_checks_both_before_predicting_either(utm_scene
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in out.rglob("*")) == ["scene_to_scene_change.geojson"]
     (out / "scene_to_scene_change.geojson").unlink()
-    # A failure after the BEFORE scene is predicted (an unreadable AFTER GeoJSON) removes what
-    # this run predicted.
+    # An unreadable GeoJSON beside a scene is found before the scene is predicted.
     broken = tmp_path / "after_tailings.geojson"
     broken.write_text("not json")
     assert main(["change", str(path), str(broken), "--out", str(out), *options]) == 2
+    assert "after_tailings.geojson: not a GeoJSON" in capsys.readouterr().err
+    assert list(out.rglob("*")) == []
+    # A failure after the BEFORE scene is predicted (an AFTER scene with a corrupt tile the
+    # pre-flight check does not read) removes what this run predicted.
+    # 120 x 900: the check's three 256-pixel sample windows across leave columns 256-321 unread.
+    wide = write_image(tmp_path / "wide.tif", np.random.default_rng(1).normal(
+        [[[400]], [[700]], [[500]]], 30, (3, 120, 900)), "uint16", crs=UTM,
+        transform=UTM_TRANSFORM, nodata=0)
+    corrupt = corrupt_tile(wide, tmp_path / "corrupt.tif", column=4)
+    assert main(["change", str(path), str(corrupt), "--out", str(out), *options]) == 2
+    assert "corrupt.tif: pixels of Window" in capsys.readouterr().err
     assert list(out.rglob("*.tif")) == [] and list(out.rglob("*.geojson")) == []
     assert main(["change", str(path), str(path), "--out", str(out), *options]) == 0
     summary = json.loads(capsys.readouterr().out)

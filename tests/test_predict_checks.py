@@ -23,11 +23,12 @@ from tailseg.errors import (
     BandOrderError,
     CRSMissingError,
     OutputWriteError,
+    RasterReadError,
     ReflectanceConventionError,
 )
 from tailseg.geopackage import read_geometry
 from tailseg.predict import predict_scene
-from tests.rasters import write_image
+from tests.rasters import corrupt_tile, write_image
 from tests.test_predict import load_red_model
 
 UTM = "EPSG:32723"
@@ -175,6 +176,31 @@ def test_missing_crs_fails_before_inference(red_model, tmp_path):
     with pytest.raises(CRSMissingError, match="nocrs.tif: has no coordinate reference system"):
         predict_scene(path, counting, tmp_path / "out", CONFIG)
     assert counting.calls == 0 and not (tmp_path / "out").exists()
+
+
+def wide_dn_scene(path):
+    """120 x 900 digital numbers: the radiometry check's three 256-pixel sample windows across
+    leave columns 256-321 and 578-643 unread."""
+    dn = np.round(reflectance_scene(height=120, width=900) * 10000)
+    return write_image(path, dn, "uint16", nodata=0, crs=UTM,
+                       transform=from_origin(500000, 7776000, 10, 10))
+
+
+def test_a_corrupt_tile_is_a_read_error_naming_the_file_and_leaves_nothing(red_model, tmp_path):
+    scene = wide_dn_scene(tmp_path / "wide.tif")
+    # A corrupt tile the pre-flight sample reads (columns 0-63): found before inference.
+    sampled = corrupt_tile(scene, tmp_path / "sampled.tif", column=0)
+    counting = Counting(red_model)
+    with pytest.raises(RasterReadError, match=r"sampled.tif: pixels of Window\(.*cannot be "
+                                              r"read, truncated or corrupt\?"):
+        predict_scene(sampled, counting, tmp_path / "out", CONFIG)
+    assert counting.calls == 0 and not (tmp_path / "out").exists()
+    # One it does not read (columns 256-319): found while predicting, in the first window
+    # that reaches it; no output is left.
+    unsampled = corrupt_tile(scene, tmp_path / "unsampled.tif", column=4)
+    with pytest.raises(RasterReadError, match=r"unsampled.tif: pixels of Window\(col_off=224"):
+        predict_scene(unsampled, counting, tmp_path / "out", CONFIG)
+    assert list((tmp_path / "out").rglob("*")) == []
 
 
 def test_unwritable_output_fails_before_inference_with_exit_2(red_model, tmp_path, capsys):

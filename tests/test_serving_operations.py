@@ -389,3 +389,36 @@ def test_a_rest_client_that_disconnects_cancels_its_queued_request(limited_serve
         what="the abandoned REST request to be recorded as cancelled")
     assert sample(after, count, model_name="tailseg", status="OK") - \
         sample(before, count, model_name="tailseg", status="OK") == 1  # only the large one ran
+
+
+def test_a_closed_connections_slot_is_free_before_the_client_sees_the_close():
+    # One connection allowed, 300 requests one after another, each connecting as soon as the
+    # last was closed: none may be refused as busy. (Freeing the slot after closing the socket
+    # refused about a quarter of them.)
+    from http.server import BaseHTTPRequestHandler
+
+    from tailseg.serving.rest import BoundedHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 (the base class's name)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format, *args):  # noqa: A002
+            pass
+
+    server = BoundedHTTPServer(("127.0.0.1", 0), Handler, max_connections=1)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        answers = [raw_request(server.server_address[1],
+                               b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")[0]
+                   for _ in range(300)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sum(not answer.startswith(b"HTTP/1.1 200") for answer in answers) == 0

@@ -210,10 +210,13 @@ class _WeightLog(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.raw, self.validated = [], []
+        self.start, self.raw, self.validated = [], [], []
 
     def _kernel(self):
         return self.model.get_layer("probability").get_weights()[0].copy()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start.append(self._kernel())
 
     def on_train_batch_end(self, batch, logs=None):
         self.raw.append(self._kernel())
@@ -242,9 +245,12 @@ def test_weight_average_is_what_is_validated_and_kept(tmp_path):
             average = 0.5 * average + 0.5 * raw[step]
             assert not np.allclose(validated[step], raw[step])  # the average, not the raw
         np.testing.assert_allclose(validated[step], average, rtol=1e-5, atol=1e-7)
-        # The raw weights keep training: each step starts from the last raw weights.
+        # Training goes on from the raw weights, not from the average validated last.
         if step:
-            assert not np.allclose(raw[step], validated[step - 1])
+            # (up to the rounding of the in-place swap's adds and subtracts)
+            np.testing.assert_allclose(log.start[step], raw[step - 1], rtol=1e-6, atol=1e-7)
+            if step > 1:
+                assert not np.allclose(log.start[step], validated[step - 1])
     kept = result.model.get_layer("probability").get_weights()[0]
     np.testing.assert_allclose(kept, validated[result.best_epoch - 1], rtol=1e-6)
     assert result.info["weight_average"] == 0.5

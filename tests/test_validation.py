@@ -261,6 +261,25 @@ def test_suites_are_curated_files_with_a_version_and_messages():
         assert all(e["meta"]["risk"] for e in suite["expectations"])
 
 
+def test_a_suite_expectation_requiring_an_unknown_parameter_is_refused(tmp_path):
+    # meta.requires drops an expectation when its parameter is absent: a misspelt name would
+    # drop it always, so reading the suite refuses it.
+    import copy
+
+    from tailseg.validation.suite import read_suite
+
+    suite = copy.deepcopy(load_suite(CHIP_SUITE))
+    required = [e["meta"]["requires"] for e in suite["expectations"] if "requires" in e["meta"]]
+    assert "expected_crs" in required
+    path = tmp_path / CHIP_SUITE
+    path.write_text(json.dumps(suite))
+    assert read_suite(path) == suite
+    suite["expectations"][0]["meta"]["requires"] = "expected_cr"
+    path.write_text(json.dumps(suite))
+    with pytest.raises(ValueError, match="expectation 0 requires 'expected_cr', not one of"):
+        read_suite(path)
+
+
 def test_bundled_data_quarantines_only_chip_023(bundled_result):
     result = bundled_result
     assert result.usable and list(result.quarantined) == ["chip_023"]

@@ -3,17 +3,21 @@
 Everything happens in staging directories beside the final ones: SavedModel, warm-up requests,
 ONNX, TF/ONNX parity on the sample images, infra validation in a separate process, and the
 new models.config (an existing one read and checked). Only when all pass are the versions
-renamed into place and models.config (re)written with its labels. A failure at any point
-publishes nothing.
+renamed into place and models.config (re)written with its labels: read again then, so a
+promotion or another model's entry written while this export validated is kept, not undone. A
+failure at any point publishes nothing: if models.config cannot be written, the versions just
+renamed into place are taken back.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from tailseg.errors import ExportError
 from tailseg.export import export_model
 from tailseg.serving.infra_validate import run_infra_validation
 from tailseg.serving.model_config import (
@@ -69,16 +73,16 @@ def export_for_serving(model: keras.Model, export_dir: str | Path, model_name: s
     export_root = Path(export_dir).resolve()
     serving_base = export_root / "serving" / model_name
     config_path = export_root / "serving" / CONFIG_FILE
-    release: dict = {}
+
+    def release_sources(version: int):
+        stable, canary_version = _labels(config_path, model_name, serving_base, version, canary)
+        labels = {"stable": stable} | ({"canary": canary_version} if canary_version else {})
+        return labelled_sources(config_path, model_name, serving_base_path or serving_base,
+                                stable, canary_version), labels
 
     def validate(saved_model: Path, onnx_path: Path, version: int) -> dict:
         # models.config first: a hand-edited file that does not parse stops the export cheaply.
-        stable, canary_version = _labels(config_path, model_name, serving_base, version, canary)
-        release["sources"] = labelled_sources(config_path, model_name,
-                                              serving_base_path or serving_base, stable,
-                                              canary_version)
-        release["labels"] = {"stable": stable} | (
-            {"canary": canary_version} if canary_version else {})
+        release_sources(version)
         write_warmup_file(saved_model, images, model_name, min(warmup_records, len(images)))
         difference = check_parity(saved_model, onnx_path, images, parity_tolerance)
         return {"parity_max_abs_diff": difference,
@@ -86,6 +90,21 @@ def export_for_serving(model: keras.Model, export_dir: str | Path, model_name: s
 
     info = export_model(model, export_root, model_name, multiple, opset, metadata, extra_assets,
                         before_publish=validate, version=version)
-    write_model_config(config_path, release["sources"])
-    return {**info, "models_config": str(config_path), "labels": release["labels"],
-            "opset": opset}
+    try:
+        sources, labels = release_sources(info["version"])  # as the file is now
+        write_model_config(config_path, sources)
+    except OSError as error:
+        _withdraw(info)
+        raise ExportError(f"{config_path}: writing it failed ({error.strerror or error}); "
+                          f"version {info['version']} was taken back, nothing is published. "
+                          "Fix the file or its folder, then export again") from error
+    except BaseException:
+        _withdraw(info)
+        raise
+    return {**info, "models_config": str(config_path), "labels": labels, "opset": opset}
+
+
+def _withdraw(info: dict) -> None:
+    """Take back a version export_model published: no models.config names it yet."""
+    shutil.rmtree(info["saved_model"], ignore_errors=True)
+    shutil.rmtree(Path(info["onnx"]).parent, ignore_errors=True)

@@ -87,11 +87,16 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
+        # ThreadingMixIn's body, with the slot freed before the connection is closed: a client
+        # that sees the close may connect again at once and must not be refused.
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
             with self._count_lock:
                 self.active -= 1
+            self.shutdown_request(request)
 
     def _refuse(self, request: socket.socket) -> None:
         body = json.dumps({"error": f"server busy: {self.max_connections} connections open "

@@ -35,15 +35,29 @@ class Failure:
     chip_ids: tuple[str, ...] = ()
 
 
+# What an expectation's meta.requires may name (_runs): the parameters given only sometimes.
+REQUIRABLE = {"previous_stats", "expected_crs"}
+
+
 @cache
 def load_suite(filename: str) -> dict[str, Any]:
-    """Read a suite file, checking that every expectation names its check and message."""
-    path = SUITE_DIR / filename
+    """A bundled suite file (read_suite), read once."""
+    return read_suite(SUITE_DIR / filename)
+
+
+def read_suite(path: Path) -> dict[str, Any]:
+    """Read a suite file, checking that every expectation names its check and message and
+    requires only parameters that exist."""
     suite = json.loads(path.read_text())
     for number, expectation in enumerate(suite["expectations"]):
         meta = expectation.get("meta", {})
         if not meta.get("check") or not meta.get("message"):
             raise ValueError(f"{path}: expectation {number} lacks meta.check or meta.message")
+        required = meta.get("requires")
+        if required is not None and required not in REQUIRABLE:
+            # A typo here would silently drop the expectation (_runs).
+            raise ValueError(f"{path}: expectation {number} requires {required!r}, not one of "
+                             f"{sorted(REQUIRABLE)}")
     return suite
 
 
