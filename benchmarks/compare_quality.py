@@ -75,6 +75,10 @@ VARIANTS: dict[str, dict] = {
     # Polyak averaging of the weights (horizon about 100 steps, 4 epochs of the default):
     # against the noise of which epoch 9 validation chips prefer.
     "ema_0.99": {"weight_average": 0.99},
+    # Regularisation and step size, never cross-validated before: three times the dropout
+    # (bottom and decoder), and a quarter of the learning rate.
+    "dropout_0.3": {"model": {"dropout": 0.3}},
+    "lr_0.0005": {"learning_rate": 0.0005},
     "crop_384": {"crop_size": 384},
     "crop_448": {"crop_size": 448},
     # 384 crops at batch 4: about the default's optimizer steps per epoch (20 against 23),
