@@ -50,7 +50,9 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s" if minutes else f"{seconds:.1f} s"
+    if minutes:
+        return f"{minutes} min {rest:02d} s"
+    return f"{seconds:.1f} s" if seconds >= 0.1 else f"{seconds:.2f} s"
 
 
 def _run_report(summary: dict) -> str:

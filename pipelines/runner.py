@@ -91,7 +91,9 @@ def stage_seconds(run) -> dict:
     def seconds(model) -> float | None:
         if model.start_time is None or model.end_time is None:
             return None
-        return round((model.end_time - model.start_time).total_seconds(), 1)
+        # Milliseconds: a quick step (the splitter on a fast machine) takes under 0.05 s, and
+        # tenths would report it as taking no time at all.
+        return round((model.end_time - model.start_time).total_seconds(), 3)
 
     steps = sorted(run.steps.values(), key=lambda step: step.start_time or run.start_time)
     return {"seconds": seconds(run), "stages": {step.name: seconds(step) for step in steps}}

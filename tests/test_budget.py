@@ -270,3 +270,12 @@ def test_run_report_warns_when_the_budget_cut_the_schedule():
     done = _run_report({"run": "r", "status": "completed",
                         "training": training | {"epochs_run": 8, "stop_reason": "completed"}})
     assert "WARNING" not in done
+
+
+def test_run_report_shows_a_quick_stage_as_taking_time():
+    from pipelines.cli import _run_report
+
+    report = _run_report({"run": "r", "status": "completed", "seconds": 754.0,
+                          "stages": {"data_splitter": 0.047, "model_trainer": 12.34}})
+    assert "completed in 12 min 34 s." in report
+    assert "data_splitter 0.05 s, model_trainer 12.3 s" in report

@@ -74,7 +74,7 @@ def test_summary_says_how_long_each_stage_took(user_run):
     summary = json.loads(result.stdout)  # stdout is not a terminal here: the JSON summary
     assert summary == json.loads((root / "summary.json").read_text())
     assert list(summary["stages"]) == STEPS
-    assert all(seconds > 0 for seconds in summary["stages"].values())
+    assert all(seconds > 0 for seconds in summary["stages"].values()), summary["stages"]
     assert sum(summary["stages"].values()) <= summary["seconds"] + 1
     report = result.stderr[result.stderr.index("\nRun training"):]
     assert re.search(r"completed in (\d+\.\d s|\d+ min \d\d s)\.", report)
