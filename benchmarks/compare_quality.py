@@ -18,7 +18,10 @@ Protocol (every variant sees the same chips and folds):
   flip TTA (threshold picked again on the TTA'd validation chips), a minimum site size applied
   to the pixels (predicted sites under `--min-site-ha` are erased, as `tailseg predict` does),
   and the ensemble of the K fold models, scored on the held-out chips at the threshold that is
-  best on the pooled out-of-fold predictions.
+  best on the pooled out-of-fold predictions. Two site filters on the plain predictions, with
+  the minimum site size (`hysteresis`: a site of p >= threshold is kept if one of its pixels
+  reaches a second, higher threshold; `confident`: if its mean probability does), both
+  parameters picked on the validation chips (on the pooled out-of-fold chips for the ensemble).
 
 Reported per option: pooled out-of-fold IoU/F1/precision/recall (every non-held-out chip scored
 by a model that never saw it), mean and sample standard deviation across folds, pooled site
@@ -51,7 +54,9 @@ from tailseg.evaluate import best_threshold, predict_chips, threshold_sweep  # n
 from tailseg.metrics import Counts, confusion, scores  # noqa: E402
 from tailseg.sites import (  # noqa: E402
     SiteCounts,
+    confident_sites,
     drop_small_sites,
+    hysteresis_sites,
     false_site_pixels,
     raster_row_areas,
     site_counts,
@@ -94,15 +99,45 @@ VARIANTS: dict[str, dict] = {
     "depth_5_filters_8": {"model": {"base_filters": 8, "depth": 5}},
 }
 SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
+# Site filters (post-processing, no retraining): a site of the thresholded map is kept by its
+# probabilities. Both parameters of each are picked on the fold's validation chips, over every
+# (threshold, second) pair of SWEEP with second >= threshold; second == threshold is the plain
+# threshold, so the filter is only used where the validation chips prefer it.
+SITE_FILTERS = {"hysteresis": hysteresis_sites, "confident": confident_sites}
+
+
+def pick_site_filter(name: str, chips, probabilities, row_areas, min_ha: float
+                     ) -> tuple[float, float]:
+    """The (threshold, second) pair of SITE_FILTERS[name] with the best pooled pixel IoU on
+    chips, after the minimum site size (ties: the first in (threshold, second) order, so at a
+    given threshold the plain threshold wins a tie with a filter)."""
+    best, best_iou = None, -1.0
+    for threshold in SWEEP:
+        for second in (value for value in SWEEP if value >= threshold):
+            counts = Counts()
+            for chip, probability in zip(chips, probabilities, strict=True):
+                predicted = drop_small_sites(SITE_FILTERS[name](probability, threshold, second),
+                                             row_areas[chip.chip_id], min_ha)
+                counts = counts + confusion(chip.mask == 1, predicted)
+            iou = scores(counts)["iou"]
+            if iou > best_iou:
+                best, best_iou = (threshold, second), iou
+    return best
 
 
 def score(chips, probabilities, threshold, row_areas, min_ha: float = 0.0
           ) -> tuple[Counts, SiteCounts, Counts]:
     """Pixel counts, site counts, and pixel counts with the false sites' pixels left out (some
     of them are unlabelled tailings: the labels mark one site per chip)."""
+    return score_masks(chips, [probability >= threshold for probability in probabilities],
+                       row_areas, min_ha)
+
+
+def score_masks(chips, masks, row_areas, min_ha: float = 0.0) -> tuple[Counts, SiteCounts, Counts]:
+    """score() on predicted masks."""
     pixels, sites, off_label = Counts(), SiteCounts(), Counts()
-    for chip, probability in zip(chips, probabilities, strict=True):
-        truth, predicted = chip.mask == 1, probability >= threshold
+    for chip, predicted in zip(chips, masks, strict=True):
+        truth = chip.mask == 1
         if min_ha:
             predicted = drop_small_sites(predicted, row_areas[chip.chip_id], min_ha)
         pixels = pixels + confusion(truth, predicted)
@@ -128,11 +163,11 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
     fold_of = assign_folds(list(chips), folds, config.data.seed)
     options = {"plain": (False, 0.0), "tta": (True, 0.0), "plain_min_site": (False, min_ha),
                "tta_min_site": (True, min_ha)}
-    per_fold = {name: [] for name in options}
-    pooled = {name: (Counts(), SiteCounts(), Counts()) for name in options}
+    per_fold = {name: [] for name in [*options, *SITE_FILTERS]}
+    pooled = {name: (Counts(), SiteCounts(), Counts()) for name in [*options, *SITE_FILTERS]}
     oof = {False: ([], []), True: ([], [])}  # tta -> (chips, probabilities) out of fold
     holdout_probabilities = {False: [], True: []}
-    holdout_single = {name: [] for name in options}
+    holdout_single = {name: [] for name in [*options, *SITE_FILTERS]}
     epochs = []
     for fold in range(folds):
         split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed)
@@ -146,10 +181,22 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
         for tta in (False, True):
             predict = flip_tta(base) if tta else base
             val = parts["val"]
-            threshold = best_threshold(threshold_sweep(val, predict_chips(predict, val, 4), SWEEP))
+            val_probabilities = predict_chips(predict, val, 4)
+            threshold = best_threshold(threshold_sweep(val, val_probabilities, SWEEP))
             test = parts["test"]
             test_probabilities = predict_chips(predict, test, 4)
             held_probabilities = predict_chips(predict, holdout, 4)
+            if not tta:
+                for name, apply in SITE_FILTERS.items():
+                    pair = pick_site_filter(name, val, val_probabilities, row_areas, min_ha)
+                    counts = score_masks(test, [apply(p, *pair) for p in test_probabilities],
+                                         row_areas, min_ha)
+                    per_fold[name].append({**scores(counts[0]), "threshold": list(pair)})
+                    pooled[name] = tuple(a + b for a, b in zip(pooled[name], counts,
+                                                               strict=True))
+                    held = score_masks(holdout, [apply(p, *pair) for p in held_probabilities],
+                                       row_areas, min_ha)[0]
+                    holdout_single[name].append(scores(held)["iou"])
             oof[tta][0].extend(test)
             oof[tta][1].extend(test_probabilities)
             holdout_probabilities[tta].append(held_probabilities)
@@ -173,6 +220,16 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
                                                               strict=True)]
         held, held_sites, _ = score(holdout, ensemble, threshold, row_areas, option_min)
         report[name]["holdout_ensemble"] = {**scores(held), "threshold": threshold,
+                                            "sites": site_scores(held_sites)}
+    ensemble = [np.mean(stack, axis=0) for stack in zip(*holdout_probabilities[False],
+                                                          strict=True)]
+    for name, apply in SITE_FILTERS.items():  # the plain predictions, the minimum site size
+        report[name] = summarise(per_fold[name], *pooled[name])
+        report[name]["holdout_iou_fold_models"] = [round(v, 4) for v in holdout_single[name]]
+        pair = pick_site_filter(name, *oof[False], row_areas, min_ha)
+        held, held_sites, _ = score_masks(holdout, [apply(p, *pair) for p in ensemble],
+                                          row_areas, min_ha)
+        report[name]["holdout_ensemble"] = {**scores(held), "threshold": list(pair),
                                             "sites": site_scores(held_sites)}
     return report
 

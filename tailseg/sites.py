@@ -120,6 +120,38 @@ def drop_small_sites(predicted: np.ndarray, row_areas_m2: np.ndarray, min_site_h
     return keep[labels]
 
 
+def hysteresis_sites(probability: np.ndarray, low: float, high: float, connectivity: int = 8
+                     ) -> np.ndarray:
+    """The sites of probability >= low that hold at least one pixel >= high (hysteresis
+    thresholding): a confident core keeps its whole site, a site without one is dropped.
+    high <= low is the plain threshold at low."""
+    probability = np.asarray(probability)
+    candidate = probability >= low
+    if high <= low:
+        return candidate
+    labels, count = ndimage.label(candidate, _STRUCTURE[connectivity])
+    keep = np.zeros(count + 1, bool)
+    keep[np.unique(labels[candidate & (probability >= high)])] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def confident_sites(probability: np.ndarray, threshold: float, min_mean: float,
+                    connectivity: int = 8) -> np.ndarray:
+    """The sites of probability >= threshold whose mean probability is at least min_mean: the
+    `mean_probability` of `tailseg predict`'s polygons, used as a filter."""
+    probability = np.asarray(probability)
+    candidate = probability >= threshold
+    if min_mean <= threshold:  # every site's mean is at least the threshold
+        return candidate
+    labels, count = ndimage.label(candidate, _STRUCTURE[connectivity])
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sums = np.bincount(labels.ravel(), probability.ravel(), minlength=count + 1)
+    keep = sums >= min_mean * np.maximum(sizes, 1)
+    keep[0] = False
+    return keep[labels]
+
+
 def false_site_pixels(truth: np.ndarray, predicted: np.ndarray, connectivity: int = 8
                       ) -> np.ndarray:
     """The pixels of the predicted sites that touch no labelled tailings pixel (false sites).

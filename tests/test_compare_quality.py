@@ -131,3 +131,24 @@ def test_every_variant_is_a_valid_run_configuration_with_its_overrides_applied()
     depth = variant_config(config_path, {}, VARIANTS["depth_5_filters_8"]["model"])
     assert (depth.model.depth, depth.model.base_filters) == (5, 8)
     assert depth.training == default.training
+
+
+def test_site_filter_parameters_are_picked_on_the_chips_and_ties_keep_the_plain_threshold():
+    from benchmarks.compare_quality import pick_site_filter
+
+    mask = np.zeros((12, 12), np.uint8)
+    mask[2:6, 2:6] = 1
+    probability = np.zeros((12, 12), np.float32)
+    probability[2:6, 2:6] = 0.6
+    probability[3, 3] = 0.97           # the labelled site has a confident core
+    probability[8:11, 8:11] = 0.65     # a false site without one, higher on average
+    chip = Chip("chip_x", np.zeros((12, 12, 3), np.float32), mask)
+    areas = {"chip_x": np.full(12, 100.0)}
+    # Only a core above 0.65 separates them: the first such pair keeps the site whole.
+    assert pick_site_filter("hysteresis", [chip], [probability], areas, 0.0) == (0.05, 0.7)
+    # Means: site 0.623, false site 0.65; no mean threshold keeps the site and drops the false
+    # one, so the plain threshold (second == threshold) that keeps both ties the best and wins.
+    assert pick_site_filter("confident", [chip], [probability], areas, 0.0) == (0.05, 0.05)
+    # The minimum site size acts first: erasing the 9-pixel false site (0.09 ha) leaves
+    # nothing for a filter to do.
+    assert pick_site_filter("hysteresis", [chip], [probability], areas, 0.1) == (0.05, 0.05)

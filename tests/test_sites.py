@@ -9,6 +9,8 @@ from rasterio.transform import from_origin
 
 from tailseg.dataset import Chip
 from tailseg.sites import (
+    confident_sites,
+    hysteresis_sites,
     evaluate_sites,
     raster_row_areas,
     row_pixel_areas,
@@ -236,3 +238,39 @@ def test_a_site_of_exactly_half_a_hectare_is_kept_and_one_just_under_is_dropped(
     # 100 m2 pixels: exactly 0.5 ha, kept; 99.9 m2 pixels: 0.4995 ha, dropped.
     assert site_counts(truth, predicted, ROWS, min_site_ha=0.5).false == 1
     assert site_counts(truth, predicted, np.full(20, 99.9), min_site_ha=0.5).false == 0
+
+
+def _two_sites() -> np.ndarray:
+    """Two sites at 0.5 and above, apart: a faint one (0.5-0.6) and one with a confident core."""
+    probability = np.zeros((6, 12), np.float32)
+    probability[1:4, 1:4] = [[0.5, 0.6, 0.5], [0.6, 0.6, 0.6], [0.5, 0.6, 0.5]]
+    probability[1:5, 7:11] = 0.55
+    probability[2, 8] = 0.95
+    return probability
+
+
+def test_hysteresis_keeps_whole_sites_with_a_confident_core_and_drops_the_rest():
+    probability = _two_sites()
+    kept = hysteresis_sites(probability, 0.5, 0.9)
+    assert not kept[1:4, 1:4].any()                 # no pixel reaches 0.9: dropped whole
+    assert kept[1:5, 7:11].all()                    # the core keeps its 0.55 pixels too
+    assert kept.sum() == 16
+    # high at or under low is the plain threshold; a core just under high drops its site
+    assert (hysteresis_sites(probability, 0.5, 0.5) == (probability >= 0.5)).all()
+    assert not hysteresis_sites(probability, 0.5, 0.96).any()
+    # diagonal pixels join a site only with 8-connectivity
+    diagonal = np.zeros((3, 3), np.float32)
+    diagonal[0, 0], diagonal[1, 1] = 0.6, 0.95
+    assert hysteresis_sites(diagonal, 0.5, 0.9)[0, 0]
+    assert not hysteresis_sites(diagonal, 0.5, 0.9, connectivity=4)[0, 0]
+
+
+def test_confident_sites_filter_on_the_mean_probability_of_each_site():
+    probability = _two_sites()
+    means = (probability[1:4, 1:4].mean(), probability[1:5, 7:11].mean())  # 0.556, 0.575
+    kept = confident_sites(probability, 0.5, 0.57)
+    assert means[0] < 0.57 <= means[1]
+    assert not kept[1:4, 1:4].any() and kept[1:5, 7:11].all()
+    assert (confident_sites(probability, 0.5, 0.5) == (probability >= 0.5)).all()
+    # the mean is over the site's pixels at or above the threshold, not its surroundings
+    assert confident_sites(probability, 0.55, 0.59)[1:4, 1:4].sum() == 5
