@@ -10,8 +10,8 @@ from rasterio.transform import from_origin
 from tailseg.dataset import Chip
 from tailseg.sites import (
     confident_sites,
-    hysteresis_sites,
     evaluate_sites,
+    hysteresis_sites,
     raster_row_areas,
     row_pixel_areas,
     site_counts,
