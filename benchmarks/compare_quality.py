@@ -166,11 +166,12 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
     fold_of = assign_folds(list(chips), folds, config.data.seed)
     options = {"plain": (False, 0.0), "tta": (True, 0.0), "plain_min_site": (False, min_ha),
                "tta_min_site": (True, min_ha)}
-    per_fold = {name: [] for name in [*options, *SITE_FILTERS]}
-    pooled = {name: (Counts(), SiteCounts(), Counts()) for name in [*options, *SITE_FILTERS]}
+    names = [*options, *SITE_FILTERS]
+    per_fold = {name: [] for name in names}
+    pooled = {name: (Counts(), SiteCounts(), Counts()) for name in names}
     oof = {False: ([], []), True: ([], [])}  # tta -> (chips, probabilities) out of fold
     holdout_probabilities = {False: [], True: []}
-    holdout_single = {name: [] for name in [*options, *SITE_FILTERS]}
+    holdout_single = {name: [] for name in names}
     epochs = []
     for fold in range(folds):
         split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed)
@@ -214,23 +215,21 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
         logging.info("fold %d/%d done: plain IoU %.4f, tta IoU %.4f", fold + 1, folds,
                      per_fold["plain"][-1]["iou"], per_fold["tta"][-1]["iou"])
     report = {"epochs": epochs}
+    for name in names:
+        report[name] = summarise(per_fold[name], *pooled[name])
+        report[name]["holdout_iou_fold_models"] = [round(v, 4) for v in holdout_single[name]]
+    ensembles = {tta: [np.mean(stack, axis=0) for stack in zip(*stacks, strict=True)]
+                 for tta, stacks in holdout_probabilities.items()}
+    # The ensemble's threshold: the best on the pooled out-of-fold predictions.
+    thresholds = {tta: best_threshold(threshold_sweep(*oof[tta], SWEEP)) for tta in oof}
     for name, (tta, option_min) in options.items():
-        report[name] = summarise(per_fold[name], *pooled[name])
-        report[name]["holdout_iou_fold_models"] = [round(v, 4) for v in holdout_single[name]]
-        # The ensemble's threshold: the best on the pooled out-of-fold predictions.
-        threshold = best_threshold(threshold_sweep(oof[tta][0], oof[tta][1], SWEEP))
-        ensemble = [np.mean(stack, axis=0) for stack in zip(*holdout_probabilities[tta],
-                                                              strict=True)]
-        held, held_sites, _ = score(holdout, ensemble, threshold, row_areas, option_min)
-        report[name]["holdout_ensemble"] = {**scores(held), "threshold": threshold,
+        held, held_sites, _ = score(holdout, ensembles[tta], thresholds[tta], row_areas,
+                                    option_min)
+        report[name]["holdout_ensemble"] = {**scores(held), "threshold": thresholds[tta],
                                             "sites": site_scores(held_sites)}
-    ensemble = [np.mean(stack, axis=0) for stack in zip(*holdout_probabilities[False],
-                                                          strict=True)]
     for name, apply in SITE_FILTERS.items():  # the plain predictions, the minimum site size
-        report[name] = summarise(per_fold[name], *pooled[name])
-        report[name]["holdout_iou_fold_models"] = [round(v, 4) for v in holdout_single[name]]
         pair = pick_site_filter(name, *oof[False], row_areas, min_ha)
-        held, held_sites, _ = score_masks(holdout, [apply(p, *pair) for p in ensemble],
+        held, held_sites, _ = score_masks(holdout, [apply(p, *pair) for p in ensembles[False]],
                                           row_areas, min_ha)
         report[name]["holdout_ensemble"] = {**scores(held), "threshold": list(pair),
                                             "sites": site_scores(held_sites)}

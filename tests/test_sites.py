@@ -258,6 +258,8 @@ def test_hysteresis_keeps_whole_sites_with_a_confident_core_and_drops_the_rest()
     # high at or under low is the plain threshold; a core just under high drops its site
     assert (hysteresis_sites(probability, 0.5, 0.5) == (probability >= 0.5)).all()
     assert not hysteresis_sites(probability, 0.5, 0.96).any()
+    probability[2, 8] = 0.75  # exact in float32: a core at exactly high keeps its site
+    assert hysteresis_sites(probability, 0.5, 0.75).sum() == 16
     # diagonal pixels join a site only with 8-connectivity
     diagonal = np.zeros((3, 3), np.float32)
     diagonal[0, 0], diagonal[1, 1] = 0.6, 0.95
