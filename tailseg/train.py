@@ -104,13 +104,57 @@ def compile_model(model: keras.Model, config: TrainConfig, learning_rate=None) -
     )
 
 
+class SwapAveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' swap of the optimizer's averaged weights, with the batch-normalisation statistics
+    averaged and swapped alongside.
+
+    The optimizer averages only trainable variables; the moving mean and variance of each
+    BatchNormalization layer follow the raw weights' activations. Averaged convolutions
+    normalised by the raw weights' statistics are a model nobody trained (as timm's ModelEmaV2,
+    the buffers are averaged too). Here they are averaged with the same momentum after every
+    training step (the first step sets the average, as the optimizer's does) and swapped in
+    and out wherever the weights are."""
+
+    def __init__(self, momentum: float, swap_on_epoch: bool = True):
+        super().__init__(swap_on_epoch=swap_on_epoch)
+        self.momentum = momentum
+        self._statistics: list = []
+        self._averages: list[np.ndarray] | None = None
+
+    def on_train_begin(self, logs=None):
+        self._statistics = [variable for layer in self.model.layers
+                            if isinstance(layer, keras.layers.BatchNormalization)
+                            for variable in (layer.moving_mean, layer.moving_variance)]
+        self._averages = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        current = [np.asarray(variable.numpy()) for variable in self._statistics]
+        if self._averages is None:
+            self._averages = current
+            return
+        m = self.momentum
+        self._averages = [m * average + (1 - m) * value
+                          for average, value in zip(self._averages, current, strict=True)]
+
+    def _swap_variables(self):
+        super()._swap_variables()
+        if self._averages is None:
+            return  # nothing trained yet: the statistics are the initial ones either way
+        swapped = []
+        for variable, average in zip(self._statistics, self._averages, strict=True):
+            swapped.append(np.asarray(variable.numpy()))
+            variable.assign(average)
+        self._averages = swapped
+
+
 def weight_average_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
-    """With config.weight_average, the callback that puts the averaged weights in the model for
-    every validation and at every epoch's end (so _BestWeights, after it, keeps the weights
-    that were validated) and the raw ones back for the next epoch's training."""
+    """With config.weight_average, the callback that puts the averaged weights (and averaged
+    batch-normalisation statistics) in the model for every validation and at every epoch's
+    end (so _BestWeights, after it, keeps the weights that were validated) and the raw ones
+    back for the next epoch's training."""
     if config.weight_average is None:
         return []
-    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+    return [SwapAveragedWeights(config.weight_average)]
 
 
 def global_batches(config: TrainConfig, plan: AccelerationPlan) -> TrainConfig:

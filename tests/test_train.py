@@ -211,18 +211,26 @@ class _WeightLog(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.start, self.raw, self.validated = [], [], []
+        self.start_statistics, self.raw_statistics, self.validated_statistics = [], [], []
 
     def _kernel(self):
         return self.model.get_layer("probability").get_weights()[0].copy()
 
+    def _statistics(self):
+        layer = self.model.get_layer("dec0_bn2")  # the last batch normalisation
+        return np.concatenate([layer.moving_mean.numpy(), layer.moving_variance.numpy()])
+
     def on_train_batch_begin(self, batch, logs=None):
         self.start.append(self._kernel())
+        self.start_statistics.append(self._statistics())
 
     def on_train_batch_end(self, batch, logs=None):
         self.raw.append(self._kernel())
+        self.raw_statistics.append(self._statistics())
 
     def on_test_begin(self, logs=None):  # after the swap callback, which runs first
         self.validated.append(self._kernel())
+        self.validated_statistics.append(self._statistics())
 
 
 def test_weight_average_is_what_is_validated_and_kept(tmp_path):
@@ -254,3 +262,16 @@ def test_weight_average_is_what_is_validated_and_kept(tmp_path):
     kept = result.model.get_layer("probability").get_weights()[0]
     np.testing.assert_allclose(kept, validated[result.best_epoch - 1], rtol=1e-6)
     assert result.info["weight_average"] == 0.5
+    # The batch-normalisation statistics are averaged the same way and swapped with the
+    # weights: averaged convolutions are validated and kept with averaged statistics.
+    raw, validated = log.raw_statistics, log.validated_statistics
+    average = raw[0]
+    for step in range(4):
+        if step:
+            average = 0.5 * average + 0.5 * raw[step]
+            assert not np.allclose(validated[step], raw[step])
+            np.testing.assert_allclose(log.start_statistics[step], raw[step - 1], rtol=1e-6)
+        np.testing.assert_allclose(validated[step], average, rtol=1e-5, atol=1e-7)
+    layer = result.model.get_layer("dec0_bn2")
+    kept = np.concatenate([layer.moving_mean.numpy(), layer.moving_variance.numpy()])
+    np.testing.assert_allclose(kept, validated[result.best_epoch - 1], rtol=1e-6)
