@@ -6,7 +6,8 @@
 The default trained with other seeds (`seed_*` variants: weight initialisation, crops,
 augmentation; the folds are those of data.seed) gives the yardstick: the sample standard
 deviation of the pooled out-of-fold IoU over the seeds. An option's gain is its pooled IoU
-minus the seeds' mean; it is beyond the noise only if the gain exceeds K (2) yardsticks.
+minus the seeds' mean; it is beyond the noise only if the gain exceeds K (2) yardsticks (and
+worse beyond the noise if the loss does).
 Only runs of the same protocol (folds and epochs per fold) are compared; a variant measured in
 several files must give the same pooled IoU in each (fixed seeds reproduce), or this refuses.
 """
@@ -82,7 +83,8 @@ def summary(found: dict[str, dict], k: float = K) -> dict:
         gain = entry["pooled_iou"] - centre
         options[name] = {"pooled_iou": round(entry["pooled_iou"], 4), "gain": round(gain, 4),
                          "in_yardsticks": round(gain / noise, 2) if noise else None,
-                         "beyond_noise": beyond_noise(gain, noise, k)}
+                         "beyond_noise": beyond_noise(gain, noise, k),
+                         "worse_beyond_noise": beyond_noise(-gain, noise, k)}
     return {"k": k,
             "seeds": {name: round(entry["pooled_iou"], 4) for name, entry in seeds.items()},
             "seed_mean": round(centre, 4), "seed_std": round(noise, 4),
@@ -109,7 +111,8 @@ def main() -> None:
     print(f"seeds {result['seeds']}: mean {result['seed_mean']:.4f}, "
           f"std {result['seed_std']:.4f}, range {result['seed_range']:.4f}")
     for name, option in result["options"].items():
-        mark = "beyond noise" if option["beyond_noise"] else "within noise"
+        mark = ("better beyond noise" if option["beyond_noise"] else
+                "worse beyond noise" if option["worse_beyond_noise"] else "within noise")
         print(f"{name:24s} pooled {option['pooled_iou']:.4f}  gain {option['gain']:+.4f} "
               f"({option['in_yardsticks']} std)  {mark}")
 

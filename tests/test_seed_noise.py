@@ -56,15 +56,20 @@ def test_gains_are_measured_from_the_seeds_mean_in_yardsticks(tmp_path):
         "default": (0.31, [0.30, 0.32, 0.31, 0.30, 0.32]),
         "seed_7": (0.29, [0.28, 0.30, 0.29, 0.28, 0.30]),
         "seed_11": (0.30, [0.29, 0.31, 0.30, 0.29, 0.31]),
-        "small_gain": (0.315, [0.3] * 5), "big_gain": (0.35, [0.3] * 5)})]
+        "small_gain": (0.315, [0.3] * 5), "big_gain": (0.35, [0.3] * 5),
+        "big_loss": (0.27, [0.3] * 5)})]
     result = summary(collect(paths, folds=5, epochs=12))
     assert result["seeds"] == {"default": 0.31, "seed_7": 0.29, "seed_11": 0.30}
     assert result["seed_mean"] == pytest.approx(0.30)
     assert result["seed_std"] == pytest.approx(0.01)
     assert result["seed_range"] == pytest.approx(0.02)
     assert result["per_fold_seed_std"] == pytest.approx([0.01] * 5)
-    assert list(result["options"]) == ["big_gain", "small_gain"]  # largest gain first
+    assert list(result["options"]) == ["big_gain", "small_gain", "big_loss"]  # by gain
     assert result["options"]["big_gain"] == {"pooled_iou": 0.35, "gain": 0.05,
-                                             "in_yardsticks": 5.0, "beyond_noise": True}
+                                             "in_yardsticks": 5.0, "beyond_noise": True,
+                                             "worse_beyond_noise": False}
     assert result["options"]["small_gain"]["beyond_noise"] is False
+    assert result["options"]["small_gain"]["worse_beyond_noise"] is False
+    assert result["options"]["big_loss"]["worse_beyond_noise"] is True
+    assert result["options"]["big_loss"]["beyond_noise"] is False
     assert result["options"]["small_gain"]["in_yardsticks"] == pytest.approx(1.5)
