@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, result_path, write_result  # noqa: E402
+from benchmarks.common import RESULTS, write_result  # noqa: E402
 
 K = 2.0
 SEED_PREFIX = "seed_"
@@ -96,17 +96,20 @@ def summary(found: dict[str, dict], k: float = K) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", type=Path,
-                        help="compare_quality result files (default: results/quality_cv*.json)")
+                        help="compare_quality result files (default: results/quality_cv*.json; "
+                             "runs from before a code change that moves them go under "
+                             "results/superseded/)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--out", default="seed_noise",
                         help="A name under benchmarks/results/ or a path ending in .json")
     args = parser.parse_args()
     paths = args.paths or sorted(RESULTS.glob("quality_cv*.json"))
-    result = summary(collect(paths, args.folds, args.epochs))
-    result_path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_result(args.out, {"benchmark": "seed_noise", "folds": args.folds,
-                            "epochs_per_fold": args.epochs,
+    try:
+        result = summary(collect(paths, args.folds, args.epochs))
+    except ValueError as error:
+        parser.error(str(error))
+    write_result(args.out, {"folds": args.folds, "epochs_per_fold": args.epochs,
                             "files": [path.name for path in paths], **result})
     print(f"seeds {result['seeds']}: mean {result['seed_mean']:.4f}, "
           f"std {result['seed_std']:.4f}, range {result['seed_range']:.4f}")

@@ -128,7 +128,7 @@ class SwapAveragedWeights(keras.callbacks.SwapEMAWeights):
         self._averages = None
 
     def on_train_batch_end(self, batch, logs=None):
-        current = [np.asarray(variable.numpy()) for variable in self._statistics]
+        current = [variable.numpy() for variable in self._statistics]
         if self._averages is None:
             self._averages = current
             return
@@ -142,7 +142,7 @@ class SwapAveragedWeights(keras.callbacks.SwapEMAWeights):
             return  # nothing trained yet: the statistics are the initial ones either way
         swapped = []
         for variable, average in zip(self._statistics, self._averages, strict=True):
-            swapped.append(np.asarray(variable.numpy()))
+            swapped.append(variable.numpy())
             variable.assign(average)
         self._averages = swapped
 
