@@ -275,3 +275,25 @@ def test_weight_average_is_what_is_validated_and_kept(tmp_path):
     layer = result.model.get_layer("dec0_bn2")
     kept = np.concatenate([layer.moving_mean.numpy(), layer.moving_variance.numpy()])
     np.testing.assert_allclose(kept, validated[result.best_epoch - 1], rtol=1e-6)
+
+
+def test_keras_averages_only_trainable_weights_so_batch_statistics_need_their_own_average():
+    # The rule of Keras 3 that SwapAveragedWeights exists for: with use_ema, the optimizer's
+    # average covers trainable variables only, and SwapEMAWeights swaps only those, so the
+    # batch-normalisation statistics validated are the raw ones. If Keras starts averaging
+    # them, SwapAveragedWeights would average twice: this test then fails.
+    from tailseg.model import build_unet
+
+    model = build_unet(ModelConfig(base_filters=2, depth=1, dropout=0), np.zeros(3), np.ones(3))
+    model.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.5),
+                  loss="binary_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 8, 8, 3), dtype=np.float32)
+    y = (rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32)
+    log = _WeightLog()
+    model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=2, verbose=0,
+              callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True), log])
+    for step in (1, 2):
+        assert not np.allclose(log.validated[step], log.raw[step])  # weights: averaged
+        np.testing.assert_array_equal(log.validated_statistics[step],
+                                      log.raw_statistics[step])  # statistics: raw
