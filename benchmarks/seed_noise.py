@@ -8,6 +8,12 @@ augmentation; the folds are those of data.seed) gives the yardstick: the sample 
 deviation of the pooled out-of-fold IoU over the seeds. An option's gain is its pooled IoU
 minus the seeds' mean; it is beyond the noise only if the gain exceeds K (2) yardsticks (and
 worse beyond the noise if the loss does).
+An option run with other seeds too (`<option>_seed_<n>` variants, the same seeds as the
+default's) is judged by its mean over its runs: the gain of the means is beyond the noise only if
+it exceeds K standard errors of a difference of two means, s * sqrt(1/n_option + 1/n_default)
+with s the pooled sample standard deviation of both groups; the gain seed by seed (the option
+against the default with the same seed) is reported beside it. A rough two-standard-error rule
+for a handful of runs, not a significance test.
 Only runs of the same protocol (folds and epochs per fold) are compared; a variant measured in
 several files must give the same pooled IoU in each (fixed seeds reproduce), or this refuses.
 """
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -27,6 +35,8 @@ from benchmarks.common import RESULTS, write_result  # noqa: E402
 
 K = 2.0
 SEED_PREFIX = "seed_"
+BASE_SEED = "base"  # the label of a run with the configuration's own seed (training.seed)
+OPTION_SEED = re.compile(r"^(?P<option>.+)_seed_(?P<seed>\d+)$")
 
 
 def collect(paths: list[Path], folds: int, epochs: int) -> dict[str, dict]:
@@ -55,7 +65,7 @@ def collect(paths: list[Path], folds: int, epochs: int) -> dict[str, dict]:
 def seed_runs(found: dict[str, dict]) -> dict[str, dict]:
     """The default and its other-seed runs."""
     return {name: entry for name, entry in found.items()
-            if name == "default" or name.startswith(SEED_PREFIX)}
+            if option_and_seed(name)[0] == "default"}
 
 
 def yardstick(pooled: list[float]) -> float:
@@ -70,18 +80,68 @@ def beyond_noise(gain: float, noise: float, k: float = K) -> bool:
     return gain > k * noise
 
 
+def option_and_seed(name: str) -> tuple[str, str]:
+    """Which option a variant runs, and with which seed: "seed_7" is the default with seed 7,
+    "dropout_0.3_seed_7" is dropout_0.3 with seed 7, any other name runs the base seed."""
+    if name.startswith(SEED_PREFIX) and name[len(SEED_PREFIX):].isdigit():
+        return "default", name[len(SEED_PREFIX):]
+    match = OPTION_SEED.match(name)
+    if match:
+        return match["option"], match["seed"]
+    return name, BASE_SEED
+
+
+def standard_error(first: list[float], second: list[float]) -> float:
+    """Standard error of the difference of the two groups' means, from their pooled sample
+    standard deviation (each group needs one run or more, both together three or more)."""
+    freedom = len(first) + len(second) - 2
+    if min(len(first), len(second)) < 1 or freedom < 1:
+        raise ValueError(f"two groups of {len(first)} and {len(second)} runs: too few")
+    squares = sum((value - statistics.fmean(group)) ** 2
+                  for group in (first, second) for value in group)
+    return math.sqrt(squares / freedom) * math.sqrt(1 / len(first) + 1 / len(second))
+
+
+def seeded_option(runs: dict[str, float], seeds: dict[str, float], k: float = K) -> dict:
+    """An option run with several seeds against the default's seed runs (seed label: pooled
+    IoU): the gain of the means in standard errors, and the gain seed by seed."""
+    option, default = list(runs.values()), list(seeds.values())
+    gain = statistics.fmean(option) - statistics.fmean(default)
+    error = standard_error(option, default)
+    paired = {seed: round(runs[seed] - seeds[seed], 4) for seed in runs if seed in seeds}
+    return {"pooled_iou": round(statistics.fmean(option), 4), "gain": round(gain, 4),
+            "runs": {seed: round(value, 4) for seed, value in runs.items()},
+            "std": round(statistics.stdev(option), 4),
+            "standard_error": round(error, 4),
+            "in_standard_errors": round(gain / error, 2) if error else None,
+            "beyond_noise": beyond_noise(gain, error, k),
+            "worse_beyond_noise": beyond_noise(-gain, error, k),
+            "gain_by_seed": paired,
+            "better_on_seeds": f"{sum(value > 0 for value in paired.values())} of {len(paired)}"}
+
+
 def summary(found: dict[str, dict], k: float = K) -> dict:
     """The seed yardstick and every other variant's gain against the seeds' mean."""
     seeds = seed_runs(found)
     pooled = [entry["pooled_iou"] for entry in seeds.values()]
     noise, centre = yardstick(pooled), statistics.fmean(pooled)
     per_fold = list(zip(*(entry["per_fold_iou"] for entry in seeds.values()), strict=True))
+    by_seed = {option_and_seed(name)[1]: entry["pooled_iou"] for name, entry in seeds.items()}
+    groups: dict[str, dict[str, str]] = {}  # option: {seed label: variant name}
+    for name in found:
+        option, seed = option_and_seed(name)
+        if option != "default":
+            groups.setdefault(option, {})[seed] = name
     options = {}
-    for name, entry in found.items():
-        if name in seeds:
+    for option, names in groups.items():
+        if len(names) > 1:
+            runs = {seed: found[name]["pooled_iou"] for seed, name in names.items()}
+            options[option] = seeded_option(runs, by_seed, k)
             continue
-        gain = entry["pooled_iou"] - centre
-        options[name] = {"pooled_iou": round(entry["pooled_iou"], 4), "gain": round(gain, 4),
+        (name,) = names.values()
+        gain = found[name]["pooled_iou"] - centre
+        options[name] = {"pooled_iou": round(found[name]["pooled_iou"], 4),
+                         "gain": round(gain, 4),
                          "in_yardsticks": round(gain / noise, 2) if noise else None,
                          "beyond_noise": beyond_noise(gain, noise, k),
                          "worse_beyond_noise": beyond_noise(-gain, noise, k)}
@@ -116,6 +176,11 @@ def main() -> None:
     for name, option in result["options"].items():
         mark = ("better beyond noise" if option["beyond_noise"] else
                 "worse beyond noise" if option["worse_beyond_noise"] else "within noise")
+        if "runs" in option:
+            print(f"{name:24s} mean of {len(option['runs'])} seeds {option['pooled_iou']:.4f}  "
+                  f"gain {option['gain']:+.4f} ({option['in_standard_errors']} standard "
+                  f"errors; better on {option['better_on_seeds']} seeds)  {mark}")
+            continue
         print(f"{name:24s} pooled {option['pooled_iou']:.4f}  gain {option['gain']:+.4f} "
               f"({option['in_yardsticks']} std)  {mark}")
 

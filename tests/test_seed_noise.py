@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from benchmarks.seed_noise import beyond_noise, collect, summary, yardstick
+from benchmarks.seed_noise import (
+    beyond_noise,
+    collect,
+    option_and_seed,
+    standard_error,
+    summary,
+    yardstick,
+)
 
 
 def _write(path, variants: dict[str, tuple[float, list[float]]], folds=5, epochs=12,
@@ -73,3 +80,70 @@ def test_gains_are_measured_from_the_seeds_mean_in_yardsticks(tmp_path):
     assert result["options"]["big_loss"]["worse_beyond_noise"] is True
     assert result["options"]["big_loss"]["beyond_noise"] is False
     assert result["options"]["small_gain"]["in_yardsticks"] == pytest.approx(1.5)
+
+
+def test_seed_runs_of_an_option_are_told_apart_by_name():
+    assert option_and_seed("default") == ("default", "base")
+    assert option_and_seed("seed_7") == ("default", "7")
+    assert option_and_seed("dropout_0.3") == ("dropout_0.3", "base")
+    assert option_and_seed("dropout_0.3_seed_11") == ("dropout_0.3", "11")
+    assert option_and_seed("dropout_0.3_ema_0.99_seed_7") == ("dropout_0.3_ema_0.99", "7")
+    assert option_and_seed("seed_preset") == ("seed_preset", "base")  # not a seed number
+
+
+def test_the_standard_error_of_a_difference_of_means_pools_both_groups():
+    # squares about the means: 0.0002 + 0.0002 over 3 + 3 - 2 degrees of freedom
+    expected = (0.0004 / 4) ** 0.5 * (2 / 3) ** 0.5
+    assert standard_error([0.30, 0.31, 0.32], [0.40, 0.41, 0.42]) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="too few"):
+        standard_error([0.3], [0.4])
+
+
+def _seeded(tmp_path, option_runs: dict[str, float]):
+    folds = [0.3] * 5
+    seeds = {"default": (0.31, folds), "seed_7": (0.29, folds), "seed_11": (0.30, folds)}
+    return summary(collect([_write(tmp_path / "a.json", {
+        **seeds, **{name: (value, folds) for name, value in option_runs.items()}})],
+        folds=5, epochs=12))
+
+
+def test_an_option_with_seed_runs_is_judged_by_its_mean_in_standard_errors(tmp_path):
+    result = _seeded(tmp_path, {"drop": 0.33, "drop_seed_7": 0.32, "drop_seed_11": 0.34})
+    assert set(result["seeds"]) == {"default", "seed_7", "seed_11"}
+    option = result["options"]["drop"]
+    assert set(result["options"]) == {"drop"}  # one entry for the three runs
+    assert option["runs"] == {"base": 0.33, "7": 0.32, "11": 0.34}
+    assert option["pooled_iou"] == pytest.approx(0.33)
+    assert option["gain"] == pytest.approx(0.03)
+    error = (0.0004 / 4) ** 0.5 * (2 / 3) ** 0.5  # 0.0082
+    assert option["standard_error"] == pytest.approx(round(error, 4))
+    assert option["beyond_noise"] is True  # 0.03 > 2 x 0.0082
+    assert option["gain_by_seed"] == {"base": 0.02, "7": 0.03, "11": 0.04}
+    assert option["better_on_seeds"] == "3 of 3"
+
+
+def test_a_lucky_seed_does_not_carry_an_option_with_seed_runs(tmp_path):
+    # one seed far above the default, the other two below it: the mean gain is under two
+    # standard errors, although the base run alone would be 4 yardsticks above the seeds
+    result = _seeded(tmp_path, {"lucky": 0.34, "lucky_seed_7": 0.28, "lucky_seed_11": 0.28})
+    option = result["options"]["lucky"]
+    assert option["beyond_noise"] is False
+    assert option["worse_beyond_noise"] is False
+    assert option["better_on_seeds"] == "1 of 3"
+    assert option["gain"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_an_option_seed_run_alone_is_an_option_of_its_own(tmp_path):
+    result = _seeded(tmp_path, {"other_seed_7": 0.35})
+    assert result["options"]["other_seed_7"]["beyond_noise"] is True  # 0.053 > 2 x 0.01
+    assert "runs" not in result["options"]["other_seed_7"]
+
+
+def test_an_option_that_spreads_over_its_seeds_needs_a_larger_gain(tmp_path):
+    # gain 0.03 is three of the default's yardsticks, but the option's own spread (std 0.03)
+    # widens the standard error to 0.018: under two of them
+    result = _seeded(tmp_path, {"wide": 0.30, "wide_seed_7": 0.33, "wide_seed_11": 0.36})
+    option = result["options"]["wide"]
+    assert option["gain"] == pytest.approx(0.03)
+    assert option["standard_error"] == pytest.approx(0.0183, abs=1e-4)
+    assert option["beyond_noise"] is False
