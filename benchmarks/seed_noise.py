@@ -12,8 +12,8 @@ An option run with other seeds too (`<option>_seed_<n>` variants, the same seeds
 default's) is judged by its mean over its runs: the gain of the means is beyond the noise only if
 it exceeds K standard errors of a difference of two means, s * sqrt(1/n_option + 1/n_default)
 with s the pooled sample standard deviation of both groups; the gain seed by seed (the option
-against the default with the same seed) is reported beside it. A rough two-standard-error rule
-for a handful of runs, not a significance test.
+against the default with the same seed) and its standard error are reported beside it. A
+rough two-standard-error rule for a handful of runs, not a significance test.
 Only runs of the same protocol (folds and epochs per fold) are compared; a variant measured in
 several files must give the same pooled IoU in each (fixed seeds reproduce), or this refuses.
 """
@@ -117,7 +117,18 @@ def seeded_option(runs: dict[str, float], seeds: dict[str, float], k: float = K)
             "beyond_noise": beyond_noise(gain, error, k),
             "worse_beyond_noise": beyond_noise(-gain, error, k),
             "gain_by_seed": paired,
-            "better_on_seeds": f"{sum(value > 0 for value in paired.values())} of {len(paired)}"}
+            "better_on_seeds": f"{sum(value > 0 for value in paired.values())} of {len(paired)}",
+            "paired_standard_error": paired_standard_error(list(paired.values()))}
+
+
+def paired_standard_error(gains: list[float]) -> float | None:
+    """Standard error of the mean gain seed by seed (None under two pairs). Runs with the same
+    seed share their crops and initialisation, so this is often far smaller than the standard
+    error of the difference of means: reported beside it, not used by the keep rule (with
+    three pairs it rests on two degrees of freedom)."""
+    if len(gains) < 2:
+        return None
+    return round(statistics.stdev(gains) / math.sqrt(len(gains)), 4)
 
 
 def summary(found: dict[str, dict], k: float = K) -> dict:

@@ -10,6 +10,7 @@ from benchmarks.seed_noise import (
     beyond_noise,
     collect,
     option_and_seed,
+    paired_standard_error,
     standard_error,
     summary,
     yardstick,
@@ -120,6 +121,7 @@ def test_an_option_with_seed_runs_is_judged_by_its_mean_in_standard_errors(tmp_p
     assert option["beyond_noise"] is True  # 0.03 > 2 x 0.0082
     assert option["gain_by_seed"] == {"base": 0.02, "7": 0.03, "11": 0.04}
     assert option["better_on_seeds"] == "3 of 3"
+    assert option["paired_standard_error"] == pytest.approx(0.01 / 3 ** 0.5, abs=1e-4)
 
 
 def test_a_lucky_seed_does_not_carry_an_option_with_seed_runs(tmp_path):
@@ -137,6 +139,11 @@ def test_an_option_seed_run_alone_is_an_option_of_its_own(tmp_path):
     result = _seeded(tmp_path, {"other_seed_7": 0.35})
     assert result["options"]["other_seed_7"]["beyond_noise"] is True  # 0.053 > 2 x 0.01
     assert "runs" not in result["options"]["other_seed_7"]
+
+
+def test_the_paired_standard_error_needs_two_pairs():
+    assert paired_standard_error([0.01]) is None
+    assert paired_standard_error([0.01, 0.03]) == pytest.approx(0.01)
 
 
 def test_an_option_that_spreads_over_its_seeds_needs_a_larger_gain(tmp_path):
