@@ -102,6 +102,15 @@ def standard_error(first: list[float], second: list[float]) -> float:
     return math.sqrt(squares / freedom) * math.sqrt(1 / len(first) + 1 / len(second))
 
 
+def single_run(pooled: float, centre: float, noise: float, k: float = K) -> dict:
+    """An option run with one seed against the seeds' mean, in yardsticks (noise)."""
+    gain = pooled - centre
+    return {"pooled_iou": round(pooled, 4), "gain": round(gain, 4),
+            "in_yardsticks": round(gain / noise, 2) if noise else None,
+            "beyond_noise": beyond_noise(gain, noise, k),
+            "worse_beyond_noise": beyond_noise(-gain, noise, k)}
+
+
 def seeded_option(runs: dict[str, float], seeds: dict[str, float], k: float = K) -> dict:
     """An option run with several seeds against the default's seed runs (seed label: pooled
     IoU): the gain of the means in standard errors, and the gain seed by seed."""
@@ -150,12 +159,7 @@ def summary(found: dict[str, dict], k: float = K) -> dict:
             options[option] = seeded_option(runs, by_seed, k)
             continue
         (name,) = names.values()
-        gain = found[name]["pooled_iou"] - centre
-        options[name] = {"pooled_iou": round(found[name]["pooled_iou"], 4),
-                         "gain": round(gain, 4),
-                         "in_yardsticks": round(gain / noise, 2) if noise else None,
-                         "beyond_noise": beyond_noise(gain, noise, k),
-                         "worse_beyond_noise": beyond_noise(-gain, noise, k)}
+        options[name] = single_run(found[name]["pooled_iou"], centre, noise, k)
     return {"k": k,
             "seeds": {name: round(entry["pooled_iou"], 4) for name, entry in seeds.items()},
             "seed_mean": round(centre, 4), "seed_std": round(noise, 4),
