@@ -65,10 +65,32 @@ def test_a_slow_first_epoch_still_plans_a_second_to_measure_the_steady_time():
     assert plan_epochs([9.0], 9.0, 1).planned_epochs == 1
 
 
-@pytest.mark.parametrize("args", [([], 100, 10), ([1.0], 0, 10), ([1.0], 100, 0)])
-def test_planner_rejects_nonsense(args):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("args", "message"), [(([], 100, 10), "at least one measured epoch"),
+                                             (([1.0], 0, 10), "must be positive"),
+                                             (([1.0], 100, 0), "must be positive")])
+def test_planner_rejects_nonsense(args, message):
+    with pytest.raises(ValueError, match=message):
         plan_epochs(*args)
+
+
+def test_any_positive_budget_and_sub_second_epochs_are_planned_as_measured():
+    # A one-second budget is a budget (0.95 s usable, 0.85 s left: 8 more 0.1 s epochs);
+    # quarter-second epochs are counted as such (9.5 - 0.75 = 8.75 s left: 35 more).
+    assert plan_epochs([0.1], 1.0, 10).planned_epochs == 9
+    plan = plan_epochs([0.5, 0.25], 10.0, 100)
+    assert plan.seconds_per_epoch == 0.25 and plan.planned_epochs == 2 + 35
+
+
+def test_a_plan_that_fits_exactly_max_epochs_is_not_budget_limited():
+    # Half of 100 s usable, 20 s spent, 30 s left: exactly the 3 epochs that reach max_epochs 5.
+    plan = plan_epochs([10.0, 10.0], 100, 5, safety=0.5)
+    assert plan.planned_epochs == 5 and not plan.budget_limited
+    assert plan_epochs([10.0, 10.0], 100, 6, safety=0.5).budget_limited
+
+
+def test_the_plan_never_falls_below_the_epochs_already_run_even_under_an_older_plan():
+    # Four epochs done under a plan of two (the plan was cut): the plan is at least four.
+    assert plan_epochs([1.0] * 4, 100, 60, current_plan=2).planned_epochs == 4
 
 
 def test_planned_cosine_decay_ends_at_alpha_and_follows_a_changed_length():
@@ -80,6 +102,8 @@ def test_planned_cosine_decay_ends_at_alpha_and_follows_a_changed_length():
     assert float(schedule(50)) == pytest.approx(0.05) and schedule.progress(50) == 1.0
     restored = PlannedCosineDecay.from_config(schedule.get_config())
     assert float(restored(25)) == pytest.approx(0.525)
+    # Past the planned end (a run whose plan shrank) the rate stays at its floor.
+    assert float(schedule(80)) == pytest.approx(0.05) and schedule.progress(80) == 1.0
 
 
 # --- the callback alone, on a simulated clock -------------------------------------------------
@@ -115,6 +139,43 @@ def test_the_callback_plans_from_the_first_epoch_including_tracing(monkeypatch):
     callback, plans = _drive([12.0] + [6.0] * 20, 1, monkeypatch)
     assert plans == [4, 8, 8, 8, 8, 8, 8, 8]
     assert callback.summary(len(plans))["stop_reason"] == "completed"
+
+
+def test_the_console_says_what_was_planned_and_why_a_run_was_cut(monkeypatch, caplog):
+    # 10 min budget, 570 s usable: 5 epochs planned after 100 s epochs 1 and 2; epoch 3 stalls
+    # to 700 s, so the run stops after 3 of 5 planned, with 6 of the decay's 10 steps done.
+    with caplog.at_level(logging.INFO, logger="tailseg.budget"):
+        callback, plans = _drive([100.0, 100.0, 700.0], 10, monkeypatch, steps=2)
+    assert plans == [5, 5, 3] and callback.model.stop_training
+    messages = [r.getMessage() for r in caplog.records]
+    assert ("time budget 10.0 min: planned 5 of at most 400 epochs (100.0 s per epoch "
+            "measured)") in messages, messages
+    assert ("time budget of 10.0 min reached after epoch 3 of 5 planned: the run stopped before "
+            "its learning-rate decay completed (60% of the schedule done); raise "
+            "training.max_minutes or lower training.epochs") in messages, messages
+    assert callback.epoch_progress == pytest.approx(0.6)
+    info = callback.summary(3)
+    assert info["budget_minutes"] == 10.0 and info["max_epochs"] == 400
+    assert (info["planned_epochs"], info["stop_reason"]) == (5, "time_budget")
+    assert isinstance(info["planned_epochs"], int)  # an epoch count, also in the run's JSON
+
+
+def test_a_run_ended_before_its_plan_by_early_stopping_says_so(monkeypatch):
+    callback, plans = _drive([12.0] + [6.0] * 20, 1, monkeypatch)
+    assert plans[-1] == 8
+    info = callback.summary(6)  # the validation IoU stopped improving at epoch 6 of 8
+    assert info["stop_reason"] == "early_stopping" and not info["schedule_completed"]
+    assert info["budget_minutes"] == 1.0
+
+
+def test_the_summary_epoch_time_leaves_out_the_first_epoch():
+    callback = budget.BudgetSchedule(PlannedCosineDecay(1e-2, 20), 2, 10, None)
+    assert callback.summary(0)["seconds_per_epoch"] == 0.0
+    callback.epoch_seconds = [12.0]
+    assert callback.summary(1)["seconds_per_epoch"] == 12.0  # the only one: tracing included
+    callback.epoch_seconds = [12.0, 6.0, 9.0]
+    assert callback.summary(3)["seconds_per_epoch"] == 7.5
+    assert callback.summary(3)["budget_minutes"] is None
 
 
 def test_a_first_epoch_over_the_budget_stops_the_run_with_a_warning(monkeypatch, caplog):

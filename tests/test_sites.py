@@ -9,8 +9,11 @@ from rasterio.transform import from_origin
 
 from tailseg.dataset import Chip
 from tailseg.sites import (
+    SiteCounts,
     confident_sites,
+    drop_small_sites,
     evaluate_sites,
+    false_site_pixels,
     hysteresis_sites,
     raster_row_areas,
     row_pixel_areas,
@@ -276,3 +279,102 @@ def test_confident_sites_filter_on_the_mean_probability_of_each_site():
     assert (confident_sites(probability, 0.5, 0.5) == (probability >= 0.5)).all()
     # the mean is over the site's pixels at or above the threshold, not its surroundings
     assert confident_sites(probability, 0.55, 0.59)[1:4, 1:4].sum() == 5
+
+
+def _diagonal_pair(size: int = 4) -> np.ndarray:
+    pair = np.zeros((size, size), bool)
+    pair[0, 0] = pair[1, 1] = True
+    return pair
+
+
+def test_connectivity_also_decides_what_one_predicted_site_is():
+    nothing, pair = np.zeros((4, 4), bool), _diagonal_pair()
+    assert site_counts(nothing, pair, np.ones(4)).predicted == 1  # 8-connected by default
+    assert site_counts(nothing, pair, np.ones(4), connectivity=4).predicted == 2
+    # the minimum site size measures the joined site: two 1-px sites or one 2-px site
+    assert drop_small_sites(pair, np.ones(4), min_site_pixels=2).sum() == 2
+    assert not drop_small_sites(pair, np.ones(4), min_site_pixels=2, connectivity=4).any()
+    assert site_counts(nothing, pair, np.ones(4), connectivity=4, min_site_pixels=2).predicted == 0
+    assert false_site_pixels(nothing, pair).sum() == 2
+    touching = _diagonal_pair()
+    touching[0, 0] = False
+    assert not false_site_pixels(touching, pair).any()  # the site touches the label diagonally
+    assert false_site_pixels(touching, pair, connectivity=4)[0, 0]
+
+
+def test_a_site_of_exactly_the_minimum_pixels_is_kept():
+    truth, predicted = _scene()
+    # The false site of 4 px stays at a 4 px minimum and goes at 5.
+    assert site_counts(truth, predicted, ROWS, min_site_pixels=4).false == 1
+    assert site_counts(truth, predicted, ROWS, min_site_pixels=5).false == 0
+    assert drop_small_sites(predicted.astype(np.uint8), ROWS).dtype == bool
+
+
+def test_a_missed_site_does_not_end_the_search_for_found_ones():
+    truth = np.zeros((10, 10), bool)
+    truth[0:2, 0:2] = True   # labelled first, predicted nowhere
+    truth[6:9, 6:9] = True   # labelled second, predicted exactly
+    predicted = np.zeros_like(truth)
+    predicted[6:9, 6:9] = True
+    assert (site_counts(truth, predicted, np.ones(10)).found,
+            site_counts(truth, predicted, np.ones(10)).labelled) == (1, 2)
+
+
+def test_predictions_of_another_shape_are_an_error():
+    with pytest.raises(ValueError, match="shapes"):
+        site_counts(np.zeros((4, 4)), np.zeros((4, 5)), np.ones(4))
+
+
+def test_pooled_counts_add_every_tally():
+    one = SiteCounts(3, 1, 4, 2, 0.04, (-0.5,))
+    two = SiteCounts(1, 1, 2, 1, 0.02, (0.25,))
+    assert one + two == SiteCounts(4, 2, 6, 3, pytest.approx(0.06), (-0.5, 0.25))
+
+
+def test_scores_without_area_or_found_sites_are_missing_not_zero():
+    scores = site_scores(SiteCounts())
+    assert scores["false_sites_per_100km2"] is None and scores["site_recall"] is None
+    assert scores["area_error_median"] is None and scores["area_abs_error_mean"] is None
+
+
+def test_evaluate_sites_uses_the_pixel_rule_and_reports_its_settings():
+    truth, predicted = _scene()
+    chip = Chip("a", np.zeros((20, 20, 3), np.float32), truth.astype(np.uint8))
+    # A pixel at exactly the threshold is tailings, as in the pixel metrics (>=).
+    report = evaluate_sites([chip], [predicted * 0.5], 0.5, [ROWS], min_site_ha=0)
+    assert (report["sites_found"], report["false_sites"]) == (1, 2)
+    assert report["per_chip"] == [{"chip_id": "a", "sites_labelled": 3, "sites_found": 1,
+                                   "false_sites": 2}]
+    assert (report["connectivity"], report["min_site_pixels"], report["min_site_ha"]) == (8, 0,
+                                                                                            0)
+    # The minimum site size in pixels and the connectivity reach every chip's counts.
+    small = evaluate_sites([chip], [predicted * 0.9], 0.5, [ROWS], min_site_pixels=2,
+                           min_site_ha=0)
+    assert (small["false_sites"], small["min_site_pixels"]) == (1, 2)
+    pair = Chip("p", np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8))
+    by_edges = evaluate_sites([pair], [_diagonal_pair() * 0.9], 0.5, [np.ones(4)],
+                              connectivity=4, min_site_ha=0)
+    assert (by_edges["sites_predicted"], by_edges["connectivity"]) == (2, 4)
+    with pytest.raises(ValueError):
+        evaluate_sites([chip, chip], [predicted * 0.9], 0.5, [ROWS, ROWS])
+
+
+def test_console_line_shows_every_score():
+    from tailseg.sites import site_line
+
+    line = site_line(site_scores(SiteCounts(3, 1, 4, 2, 0.04, (-0.5,))))
+    assert line == ("sites found 1/3 (33%), false sites 2 (5000.0 per 100 km2), area error of "
+                    "found sites median -50%, mean abs 50%")
+
+
+def test_confident_sites_keep_a_site_at_exactly_the_minimum_mean_and_single_pixels():
+    probability = np.zeros((5, 5))
+    probability[0, 0:2] = [0.5, 0.75]   # mean 0.625, exact in binary
+    probability[3, 3] = 0.8             # a site of one pixel
+    kept = confident_sites(probability, 0.5, 0.625)
+    assert kept[0, 0:2].all() and kept[3, 3]
+    assert not confident_sites(probability, 0.5, 0.7)[0, 0:2].any()
+    diagonal = np.zeros((3, 3))
+    diagonal[0, 0], diagonal[1, 1] = 0.5, 0.9  # mean 0.7 joined; 0.5 alone
+    assert confident_sites(diagonal, 0.5, 0.7)[0, 0]
+    assert not confident_sites(diagonal, 0.5, 0.7, connectivity=4)[0, 0]
