@@ -34,7 +34,7 @@ bench: $(STAMP)
 
 ## Mutation testing of the decision code with mutmut (config: [tool.mutmut] in pyproject.toml),
 ## its score, then the six release-rule mutations of mutation/release_rules.py. Not part of
-## `make test`; about 25 minutes on 2 cores (523 s + 791 s measured, README).
+## `make test`; about 22 minutes on 2 cores (1224 s + 50 s measured, README).
 mutation: $(STAMP)
 	rm -rf mutants
 	$(VENV)/bin/mutmut run

@@ -47,3 +47,10 @@ def test_compile_model_uses_the_configured_tversky_weights():
 def test_tversky_loss_survives_serialisation():
     restored = keras.losses.deserialize(keras.losses.serialize(TverskyLoss(0.6, 0.4)))
     assert (restored.alpha, restored.beta) == (0.6, 0.4)
+
+
+def test_the_tversky_loss_defaults_weigh_false_tailings_most_and_survive_saving():
+    loss = TverskyLoss()
+    config = loss.get_config()
+    assert (config["alpha"], config["beta"], config["name"]) == (0.7, 0.3, "tversky")
+    assert TverskyLoss.from_config(config).get_config() == config
