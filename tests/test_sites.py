@@ -281,8 +281,8 @@ def test_confident_sites_filter_on_the_mean_probability_of_each_site():
     assert confident_sites(probability, 0.55, 0.59)[1:4, 1:4].sum() == 5
 
 
-def _diagonal_pair(size: int = 4) -> np.ndarray:
-    pair = np.zeros((size, size), bool)
+def _diagonal_pair() -> np.ndarray:
+    pair = np.zeros((4, 4), bool)
     pair[0, 0] = pair[1, 1] = True
     return pair
 
@@ -316,8 +316,8 @@ def test_a_missed_site_does_not_end_the_search_for_found_ones():
     truth[6:9, 6:9] = True   # labelled second, predicted exactly
     predicted = np.zeros_like(truth)
     predicted[6:9, 6:9] = True
-    assert (site_counts(truth, predicted, np.ones(10)).found,
-            site_counts(truth, predicted, np.ones(10)).labelled) == (1, 2)
+    counts = site_counts(truth, predicted, np.ones(10))
+    assert (counts.found, counts.labelled) == (1, 2)
 
 
 def test_predictions_of_another_shape_are_an_error():
