@@ -636,6 +636,39 @@ def test_kubeflow_overlay_requests_gpus_the_kfp_way():
         assert pod.node_selectors == {"accelerator": "nvidia.com/gpu"}
 
 
+# KFP 2's PipelineTask._validate_memory_request_limit (kfp/dsl/pipeline_task.py) re.match()es
+# the memory limit against this pattern: a string such as "16Gi"; anything else raises.
+KFP_MEMORY = r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki){0,1}$"
+
+
+def test_kubeflow_memory_limits_are_what_kfp_accepts():
+    """ZenML 0.98's kubeflow orchestrator hands ResourceSettings.get_memory(), a float in GB,
+    to KFP's task.set_memory_limit; KFP's validator then raises TypeError and the pipeline
+    never compiles. So the overlay must not set memory (kfp is not installed here: the rule is
+    read from both sources and checked on what ZenML would pass)."""
+    import re
+
+    import zenml
+    from zenml.config import ResourceSettings
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    source = (Path(zenml.__file__).parent / "integrations/kubeflow/orchestrators"
+              / "kubeflow_orchestrator.py").read_text()
+    assert "memory_limit = resource_settings.get_memory() or None" in source
+    assert "set_memory_limit(\n                memory_limit\n" in source
+    run = PipelineRunConfiguration.model_validate(_merged("zenml.kubeflow.yaml"))
+    for name, step in run.steps.items():
+        resources = (step.settings or {}).get("resources")
+        if resources is None:
+            continue
+        passed = ResourceSettings.model_validate(resources.model_dump()).get_memory()
+        if passed is not None:
+            assert isinstance(passed, str) and re.match(KFP_MEMORY, passed), \
+                f"zenml.kubeflow.yaml step {name}: memory {passed!r} fails KFP's validator"
+    with pytest.raises(TypeError):
+        re.match(KFP_MEMORY, 16.0)  # what `memory: 16GB` would hand KFP
+
+
 @pytest.mark.parametrize("overlay", ["zenml.k8s.yaml", "zenml.kubeflow.yaml"])
 def test_step_images_run_tensorflow_with_tailsegs_allocator(overlay):
     # The step images run ZenML's entrypoint, not the tailseg CLI that sets the allocator
