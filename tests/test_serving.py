@@ -150,7 +150,8 @@ def test_status_and_metadata_answer_over_rest_and_grpc(server):
     ("tailseg:predict", b'{"image": [[[[0.1, 0.2, 0.3]]]]}', 400, "unknown request keys"),
     ("nomodel:predict", b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}', 404, "nomodel"),
     ("tailseg/versions/9:predict", b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}', 404, "9"),
-    ("tailseg/labels/stable", None, 404, "label"),
+    ("tailseg/labels/stable:predict", b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}', 404, "label"),
+    ("tailseg/versions/9223372036854775808", None, 400, "Failed to convert version"),
     ("tailseg:predict", b"[" + b"0.12345," * (MAX_REQUEST_BYTES // 8) + b"0]", 413, "limit"),
     ("tailseg:classify", b'{"instances": []}', 501, "not implemented"),
     # 1e39 overflows float32 to Inf: refused by name (TF Serving would run it; see docs).
@@ -171,17 +172,46 @@ def test_bad_rest_requests_get_clear_errors_and_serving_goes_on(server, path, bo
 
 
 def test_every_method_and_path_answers_json_and_query_strings_are_ignored(server):
+    # http_rest_api_handler.cc: under /v1/ a POST must match the prediction pattern and a GET
+    # the status pattern; anything else is 400 "Malformed request: <method> <path>".
     for method, path, status in [
-            ("PUT", "/v1/models/tailseg", 405), ("DELETE", "/v1/models/tailseg", 405),
-            ("PATCH", "/v1/models/tailseg:predict", 405), ("OPTIONS", "/v1/models/tailseg", 405),
-            ("GET", "/v1/models/tailseg:predict", 405), ("DELETE", "/nowhere", 404),
+            ("PUT", "/v1/models/tailseg", 400), ("DELETE", "/v1/models/tailseg", 400),
+            ("PATCH", "/v1/models/tailseg:predict", 400), ("OPTIONS", "/v1/models/tailseg", 400),
+            ("GET", "/v1/models/tailseg:predict", 400), ("POST", "/v1/models/tailseg", 400),
+            ("GET", "/v1/models/tailseg/versions/1/labels/x", 400),
+            ("POST", "/v1/models/tailseg:PREDICT", 400), ("DELETE", "/nowhere", 404),
             ("BREW", "/v1/models/tailseg", 501)]:
         answer = http(method, server.rest_url + path)  # http() parses the body as JSON
         assert answer[0] == status and answer[1]["error"], (method, path, answer)
+        if status == 400:
+            assert answer[1]["error"] == f"Malformed request: {method} {path}"
+    assert http("GET", f"{server.rest_url}/v1/models") == \
+        (400, {"error": "Missing model name in request."})
     assert http("GET", f"{server.rest_url}/v1/models/tailseg?debug=1")[0] == 200
     status, body = http("POST", f"{server.rest_url}/v1/models/tailseg:predict?debug=1&x",
                         b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}')
     assert status == 200 and np.array(body["outputs"]).shape == (1, 1, 1, 1)
+
+
+def test_rest_paths_match_as_tf_serving_matches_them(server):
+    # The patterns are case-insensitive (RE2 "(?i)"), the captured subresource is compared
+    # as written ("/METADATA" asks for the status), and the model name is URL-decoded.
+    one = {"version": "1", "state": "AVAILABLE",
+           "status": {"error_code": "OK", "error_message": ""}}
+    assert http("GET", f"{server.rest_url}/V1/MODELS/tailseg") == \
+        (200, {"model_version_status": [one]})
+    assert http("GET", f"{server.rest_url}/v1/models/tailseg/METADATA")[1] == \
+        {"model_version_status": [one]}
+    assert http("GET", f"{server.rest_url}/v1/Models/tailseg/Versions/1/metadata")[0] == 200
+    assert http("GET", f"{server.rest_url}/v1/models/%74ailseg")[0] == 200
+    status, body = http("POST", f"{server.rest_url}/V1/models/%74ailseg:predict",
+                        b'{"inputs": [[[[0.1, 0.2, 0.3]]]]}')
+    assert status == 200 and np.array(body["outputs"]).shape == (1, 1, 1, 1)
+    assert http("GET", f"{server.rest_url}/v1/models/nomodel") == \
+        (404, {"error": "Could not find any versions of model nomodel"})
+    # get_model_status_impl.cc reads no version label: any label lists every version.
+    assert http("GET", f"{server.rest_url}/v1/models/tailseg/labels/nolabel") == \
+        (200, {"model_version_status": [one]})
 
 
 def _malformed(change) -> predict_pb2.PredictRequest:
@@ -240,6 +270,57 @@ def test_bad_grpc_requests_get_clear_errors_and_serving_goes_on(server, images):
     with pytest.raises(ServingClientError, match="NOT_FOUND"):
         GrpcClient(server.grpc_target, "tailseg", version=9, retries=0).predict(images)
     assert GrpcClient(server.grpc_target).predict(images).shape == (2, 30, 45, 1)
+
+
+def _filtered(images, *aliases, bad_input: bool = False) -> predict_pb2.PredictRequest:
+    request = predict_request(images[..., :2] if bad_input else images, "tailseg")
+    request.output_filter.extend(aliases)
+    return request
+
+
+def test_grpc_requests_are_checked_in_tf_servings_order(server, images):
+    # predict_impl.cc / get_model_*_impl.cc: no ModelSpec -> INVALID_ARGUMENT "Missing
+    # ModelSpec"; ServerCore::ServableRequestFromModelSpec: no name -> INVALID_ARGUMENT; the
+    # status lookup has no such check (no versions of "" -> NOT_FOUND). predict_util.cc reads
+    # the inputs, then the output filter: an unknown or repeated alias is INVALID_ARGUMENT.
+    channel = grpc.insecure_channel(server.grpc_target)
+    predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    status = model_service_pb2_grpc.ModelServiceStub(channel)
+    no_name = predict_request(images, "")
+    cases = [
+        (predict.Predict, predict_pb2.PredictRequest(), "INVALID_ARGUMENT", "Missing ModelSpec"),
+        (predict.Predict, no_name, "INVALID_ARGUMENT", "ModelSpec has no name specified."),
+        (predict.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest(
+            metadata_field=["signature_def"]), "INVALID_ARGUMENT", "Missing ModelSpec"),
+        (predict.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec={"name": ""}), "INVALID_ARGUMENT", "at least one metadata_field"),
+        (predict.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec={"name": ""}, metadata_field=["signature_def"]), "INVALID_ARGUMENT",
+         "ModelSpec has no name specified."),
+        (status.GetModelStatus, get_model_status_pb2.GetModelStatusRequest(),
+         "INVALID_ARGUMENT", "Missing ModelSpec"),
+        (status.GetModelStatus, get_model_status_pb2.GetModelStatusRequest(
+            model_spec={"name": ""}), "NOT_FOUND", "Could not find any versions of model "),
+        (predict.Predict, _filtered(images, "nope"), "INVALID_ARGUMENT",
+         "output tensor alias not found in signature: nope Outputs expected to be in the set "
+         "{probability}."),
+        (predict.Predict, _filtered(images, "probability", "probability"), "INVALID_ARGUMENT",
+         "duplicate output tensor alias: probability"),
+        (predict.Predict, _filtered(images, "nope", bad_input=True), "INVALID_ARGUMENT",
+         "[N, H, W, 3]"),
+    ]
+    for call, request, code, words in cases:
+        with pytest.raises(grpc.RpcError) as raised:
+            call(request, timeout=30)
+        assert raised.value.code() == getattr(grpc.StatusCode, code), raised.value
+        assert words in raised.value.details(), raised.value
+    answer = predict.Predict(_filtered(images, "probability"), timeout=30)
+    assert list(answer.outputs) == ["probability"]
+    # A version label in a status request is not read: every version is listed.
+    request = get_model_status_pb2.GetModelStatusRequest(
+        model_spec={"name": "tailseg", "version_label": "nolabel"})
+    assert [s.version for s in status.GetModelStatus(request, timeout=10).model_version_status] \
+        == [1]
 
 
 def test_clients_retry_then_fail_clearly_without_a_server():

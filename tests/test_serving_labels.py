@@ -59,12 +59,13 @@ def config_of(base: Path, versions: tuple[int, ...] = (), labels: dict | None = 
 
 
 def label_version(rest_url: str, label: str) -> tuple[int, str]:
-    """(HTTP status, the version or the error) of GET /v1/models/tailseg/labels/LABEL."""
-    status, body = http("GET", f"{rest_url}/v1/models/tailseg/labels/{label}")
+    """(HTTP status, the version or the error) of GET /v1/models/tailseg/labels/LABEL/metadata:
+    the metadata request resolves the label (ServerCore::GetServableHandle); the status
+    request would not (get_model_status_impl.cc reads no label and lists every version)."""
+    status, body = http("GET", f"{rest_url}/v1/models/tailseg/labels/{label}/metadata")
     if status != 200:
         return status, body["error"]
-    (version,) = body["model_version_status"]
-    return status, version["version"]
+    return status, body["model_spec"]["version"]
 
 
 def served_versions(rest_url: str) -> list[str]:
@@ -172,7 +173,8 @@ def test_a_reload_with_a_label_on_an_unavailable_version_keeps_the_old_config(
         request.model_spec.name = "tailseg"
         request.model_spec.version_label = "stable"
         status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request)
-    assert [v.version for v in status.model_version_status] == [2]
+    # get_model_status_impl.cc reads only model_spec.version: a label lists every version.
+    assert [v.version for v in status.model_version_status] == [2, 1]
 
 
 def test_the_flag_admits_new_labels_but_never_moves_one_to_an_unavailable_version(

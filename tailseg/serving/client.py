@@ -114,6 +114,8 @@ class RestClient:
         return self._request(f"{self.model_url}:predict", body, parse_predict_response_body)
 
     def status(self) -> dict:
+        """Every version's state. TF Serving reads no label here (get_model_status_impl.cc):
+        a client made with a label lists every version; metadata() resolves the label."""
         return self._request(self.model_url)
 
     def metadata(self) -> dict:
@@ -171,6 +173,8 @@ class GrpcClient:
         return from_tensor_proto(response.outputs[OUTPUT_NAME], OUTPUT_NAME)
 
     def status(self):
+        """Every version's state, or the client's version's; a label is not read by TF
+        Serving (get_model_status_impl.cc): metadata() resolves it."""
         from tensorflow_serving.apis import get_model_status_pb2
 
         request = get_model_status_pb2.GetModelStatusRequest()

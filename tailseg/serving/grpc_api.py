@@ -87,10 +87,25 @@ def spec_choice(model_spec) -> tuple[int | None, str | None]:
     return None, None
 
 
-def status_response(registry: ModelRegistry, name: str, version: int | None = None,
-                    label: str | None = None) -> get_model_status_pb2.GetModelStatusResponse:
+def require_spec(request) -> None:
+    """TF Serving's first check of every request (predict_impl.cc, get_model_status_impl.cc,
+    get_model_metadata_impl.cc), then ServerCore::ServableRequestFromModelSpec's."""
+    if not request.HasField("model_spec"):
+        raise ServingRequestError("Missing ModelSpec")
+
+
+def require_name(model_spec) -> None:
+    """ServerCore::ServableRequestFromModelSpec: every servable lookup needs a name (the
+    status lookup does not go through it: an empty name is just a model with no versions)."""
+    if not model_spec.name:
+        raise ServingRequestError("ModelSpec has no name specified.")
+
+
+def status_response(registry: ModelRegistry, name: str, version: int | None = None
+                    ) -> get_model_status_pb2.GetModelStatusResponse:
+    """The model's version states; like get_model_status_impl.cc it takes no version label."""
     response = get_model_status_pb2.GetModelStatusResponse()
-    for number, state in registry.status(name, version, label):
+    for number, state in registry.status(name, version):
         entry = response.model_version_status.add(
             version=number, state=get_model_status_pb2.ModelVersionStatus.State.Value(state.state))
         entry.status.SetInParent()  # TF Serving always reports a status (OK by default)
@@ -100,15 +115,20 @@ def status_response(registry: ModelRegistry, name: str, version: int | None = No
     return response
 
 
-def metadata_response(registry: ModelRegistry, name: str, version: int | None = None,
-                      label: str | None = None,
-                      fields=("signature_def",)) -> get_model_metadata_pb2.GetModelMetadataResponse:
+def check_metadata_fields(fields) -> None:
+    """get_model_metadata_impl.cc's request check, made before the model is looked up."""
     if not fields:
         raise ServingRequestError("GetModelMetadataRequest must specify at least one "
                                   "metadata_field")
     unknown = sorted(set(fields) - {"signature_def"})
     if unknown:
         raise ServingRequestError(f"Metadata field {unknown[0]} is not supported")
+
+
+def metadata_response(registry: ModelRegistry, name: str, version: int | None = None,
+                      label: str | None = None,
+                      fields=("signature_def",)) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    check_metadata_fields(fields)
     loaded = registry.resolve(name, version, label)
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     for key, signature in loaded.signature_defs.items():
@@ -138,6 +158,19 @@ def _abort_on_error(context: grpc.ServicerContext, call, runtime: ServingRuntime
     context.abort(*problem)
 
 
+def check_output_filter(aliases) -> None:
+    """predict_util.cc, after the inputs are read: each alias must be an output of the
+    signature, and none may repeat."""
+    seen = set()
+    for alias in aliases:
+        if alias != OUTPUT_NAME:
+            raise ServingRequestError(f"output tensor alias not found in signature: {alias} "
+                                      f"Outputs expected to be in the set {{{OUTPUT_NAME}}}.")
+        if alias in seen:
+            raise ServingRequestError(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, runtime: ServingRuntime):
         self.runtime = runtime
@@ -148,9 +181,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                request.model_spec.name, "Predict")
 
     def _predict(self, request, context) -> predict_pb2.PredictResponse:
-        unknown = sorted(set(request.output_filter) - {OUTPUT_NAME})
-        if unknown:
-            raise ServingRequestError(f"output tensor alias not found in signature: {unknown}")
+        require_spec(request)
+        require_name(request.model_spec)
         remaining = context.time_remaining()  # None without a client deadline
         deadline = None if remaining is None else time.monotonic() + remaining
         version, label = spec_choice(request.model_spec)
@@ -160,6 +192,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise ServingRequestError(f'Serving signature key "{signature}" not found.',
                                       "FAILED_PRECONDITION")
         images = loaded.request_images(request)
+        check_output_filter(request.output_filter)
         probability = self.runtime.predict(loaded.serving(request.model_spec.signature_name),
                                            images, deadline, context.is_active)
         response = predict_pb2.PredictResponse()
@@ -171,10 +204,16 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context):
         version, label = spec_choice(request.model_spec)
-        return _abort_on_error(context, lambda: metadata_response(
-            self.registry, request.model_spec.name, version, label,
-            tuple(request.metadata_field)), self.runtime, request.model_spec.name,
-            "GetModelMetadata")
+
+        def answer():
+            require_spec(request)
+            check_metadata_fields(tuple(request.metadata_field))
+            require_name(request.model_spec)
+            return metadata_response(self.registry, request.model_spec.name, version, label,
+                                     tuple(request.metadata_field))
+
+        return _abort_on_error(context, answer, self.runtime, request.model_spec.name,
+                               "GetModelMetadata")
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -183,10 +222,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self.registry = runtime.registry
 
     def GetModelStatus(self, request, context):
-        version, label = spec_choice(request.model_spec)
-        return _abort_on_error(context, lambda: status_response(
-            self.registry, request.model_spec.name, version, label), self.runtime,
-            request.model_spec.name, "GetModelStatus")
+        version, _ = spec_choice(request.model_spec)  # a version label is not read
+
+        def answer():
+            require_spec(request)
+            return status_response(self.registry, request.model_spec.name, version)
+
+        return _abort_on_error(context, answer, self.runtime, request.model_spec.name,
+                               "GetModelStatus")
 
     def HandleReloadConfigRequest(self, request, context):
         """Replace the served models (model_service_impl.cc): the new config's labels are

@@ -198,17 +198,19 @@ class ModelRegistry:
         what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
         raise ServingRequestError(f"Servable not found for request: {what}", "NOT_FOUND")
 
-    def status(self, name: str, version: int | None = None,
-               label: str | None = None) -> list[tuple[int, VersionState]]:
-        source = self.source(name)
-        if label is not None:
-            version = self.resolve(name, label=label).version
-        states = sorted(self.states.get(source.name, {}).items(), reverse=True)
+    def status(self, name: str, version: int | None = None) -> list[tuple[int, VersionState]]:
+        """Every version's state, newest first, or one version's (get_model_status_impl.cc,
+        which reads no version label: a status request by label lists every version)."""
+        with self._lock:
+            states = sorted(self.states.get(name, {}).items(), reverse=True)
         if version is not None:
             states = [(v, s) for v, s in states if v == version]
             if not states:
                 raise ServingRequestError(f"Could not find version {version} of model {name}",
                                           "NOT_FOUND")
+        elif not states:
+            raise ServingRequestError(f"Could not find any versions of model {name}",
+                                      "NOT_FOUND")
         return states
 
     def ready(self) -> bool:

@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
@@ -39,9 +39,17 @@ from tailseg.serving.numeric_json import preload_parser
 from tailseg.serving.protocol import HTTP_STATUS, parse_predict_body, predict_response_json
 
 logger = logging.getLogger(__name__)
-ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
-                   r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-                   r"(?P<suffix>/metadata|:predict|:classify|:regress)?$")
+# http_rest_api_util.cc: requests whose path fully matches /v1/.* (any case) reach the API
+# handler; a POST must match the prediction pattern and a GET the status one (RE2 FullMatch,
+# case-insensitive), anything else is 400 "Malformed request". The captured method and
+# subresource are then compared case-sensitively ("PREDICT" is malformed, "/METADATA" asks for
+# the status), and the name and label are URL-decoded.
+API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+PREDICT_ROUTE = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+                           r":(classify|regress|predict)", re.IGNORECASE)
+STATUS_ROUTE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|"
+                          r"(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+INT64_MAX = 2**63 - 1
 SMALL_BODY = 64 * 2**10  # unread bodies up to this size are drained to keep the connection
 LINGER_SECONDS = 2.0  # after refusing a body, discard what the client still sends this long
 DECODE_SLOTS = 2  # JSON bodies decoded at once (a 64 MiB body becomes ~600 MB of objects)
@@ -59,6 +67,33 @@ class HttpError(Exception):
     def __init__(self, status: int, message: str, close: bool = False):
         super().__init__(message)
         self.status, self.close = status, close
+
+
+@dataclass(frozen=True)
+class Route:
+    """A model request as TF Serving's ParseModelInfo reads it."""
+
+    name: str
+    version: int | None
+    label: str | None
+    action: str  # "predict", "classify", "regress" (POST); "metadata" or "" (GET)
+
+    @property
+    def entrypoint(self) -> str:
+        return self.action or "GetModelStatus"
+
+
+def parse_route(method: str, path: str) -> Route:
+    """The model request of a /v1/ path, or HttpError 400 as http_rest_api_handler.cc."""
+    pattern = {"POST": PREDICT_ROUTE, "GET": STATUS_ROUTE}.get(method)
+    match = pattern.fullmatch(path) if pattern else None
+    if match is None:
+        raise HttpError(400, f"Malformed request: {method} {path}")
+    name, version, label, action = match.groups(default="")
+    if version and int(version) > INT64_MAX:
+        raise HttpError(400, f"Failed to convert version: {version} to numeric.")
+    return Route(unquote(name), int(version) if version else None,
+                 unquote(label) if label else None, action)
 
 
 def _json(message) -> dict:
@@ -160,7 +195,7 @@ def make_handler(runtime: ServingRuntime, limits: RestLimits):
         def _dispatch(self, method: str) -> None:
             started, deadline = time.perf_counter(), time.monotonic() + limits.timeout
             path = urlsplit(self.path).path  # TF Serving ignores the query string
-            self._body_read, self._linger = False, False
+            self._body_read, self._linger, self._route_info = False, False, None
             try:
                 status, code, payload = 200, "OK", self._route(method, path, deadline)
             except ServingRequestError as error:
@@ -174,9 +209,9 @@ def make_handler(runtime: ServingRuntime, limits: RestLimits):
                 logger.exception("REST request failed")
                 status, code = 500, "INTERNAL"
                 payload = {"error": f"{type(error).__name__}: {error}"}
-            if match := ROUTE.match(path):  # model requests only: probes and scrapes are not
-                entrypoint = (match["suffix"] or "GetModelStatus").strip(":/")
-                runtime.record(match["name"], "rest", entrypoint, code, started)
+            if self._route_info is not None:  # model requests only: not probes, scrapes
+                runtime.record(self._route_info.name, "rest", self._route_info.entrypoint, code,
+                               started)
             if not self._body_read:
                 self._skip_body()
             self._answer(status, payload)
@@ -206,24 +241,26 @@ def make_handler(runtime: ServingRuntime, limits: RestLimits):
                 return {"ready": True}
             if limits.metrics_path and path == limits.metrics_path and method == "GET":
                 return runtime.metrics.exposition()
-            match = ROUTE.match(path)
-            if match is None:
-                raise HttpError(404, f"Malformed request: {method} {path}")
-            name, suffix, label = match["name"], match["suffix"], match["label"]
-            version = int(match["version"]) if match["version"] else None
-            if suffix in (None, "/metadata") and method != "GET" or \
-                    suffix == ":predict" and method != "POST":
-                raise HttpError(405, f"{method} is not allowed on {path}")
-            match suffix:
-                case None:
-                    return _json(status_response(registry, name, version, label))
-                case "/metadata":
+            if not API_PATH.fullmatch(path):
+                raise HttpError(404, f"Not found: {path}")
+            route = self._route_info = parse_route(method, path)
+            name, version, label = route.name, route.version, route.label
+            match method, route.action:
+                case "GET", "metadata":
+                    if not name:
+                        raise HttpError(400, "Missing model name in request.")
                     response = metadata_response(registry, name, version, label)
                     signatures = get_model_metadata_pb2.SignatureDefMap()
                     response.metadata["signature_def"].Unpack(signatures)
                     return {"model_spec": _json(response.model_spec),
                             "metadata": {"signature_def": _json(signatures)}}
-                case ":predict":
+                case "GET", _:  # the status; "/METADATA" lands here too, as in TF Serving
+                    if not name:
+                        raise HttpError(400, "Missing model name in request.")
+                    # get_model_status_impl.cc reads only the version: a label is ignored
+                    # and every version of the model is listed.
+                    return _json(status_response(registry, name, version))
+                case "POST", "predict":
                     loaded = registry.resolve(name, version, label)
                     body = self._read_body(deadline)
                     with decode_slots:
@@ -233,7 +270,10 @@ def make_handler(runtime: ServingRuntime, limits: RestLimits):
                     return predict_response_json(runtime.predict(
                         loaded.serving(signature), images, deadline, self._client_connected),
                         row_format)
-            raise HttpError(501, f"{suffix[1:]} is not implemented; this model serves :predict")
+                case "POST", "classify" | "regress":
+                    raise HttpError(501, f"{route.action} is not implemented; this model "
+                                         "serves :predict")
+            raise HttpError(400, f"Malformed request: {method} {path}")
 
         def _client_connected(self) -> bool:
             """False once the client has closed its side: the socket reads as ended. (Bytes a
