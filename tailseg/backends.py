@@ -47,15 +47,48 @@ def resolve_saved_model(path: str | Path) -> Path:
 
 
 def read_metadata(saved_model_dir: Path) -> dict:
-    """The tailseg metadata written beside the SavedModel at export, or {}."""
+    """The tailseg metadata written beside the SavedModel at export, or {}.
+
+    Raises:
+        ModelFormatError: the file is not a JSON object or its threshold is not in (0, 1).
+    """
     path = Path(saved_model_dir) / "assets.extra" / METADATA_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelFormatError(f"{path}: the model's metadata cannot be read ({error})") from error
+    return parse_metadata(text, str(path))
+
+
+def parse_metadata(text: str, source: str) -> dict:
+    """Model metadata from its JSON text, checked: an object whose "threshold", if given, is a
+    number between 0 and 1 (one outside would make every pixel tailings or none).
+
+    Raises:
+        ModelFormatError: naming source (the file, or the file and its field) and the problem.
+    """
+    fix = "re-export the model or repair its metadata"
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ModelFormatError(f"{source} is not JSON ({error}); {fix}") from error
+    if not isinstance(metadata, dict):
+        raise ModelFormatError(f"{source} is {type(metadata).__name__}, not a JSON object; {fix}")
+    threshold = metadata.get("threshold", 0.5)
+    if (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+            or not 0.0 < threshold < 1.0):
+        raise ModelFormatError(f"{source} has threshold {threshold!r}, not a number between 0 "
+                               f"and 1; {fix}, or pass --threshold")
+    return metadata
 
 
 def load_tf(path: str | Path) -> Predictor:
     import tensorflow as tf
 
     directory = resolve_saved_model(path)
+    metadata = read_metadata(directory)  # before the slow load: a bad file fails at once
     loaded = tf.saved_model.load(str(directory))
     if SIGNATURE not in loaded.signatures:
         raise ModelFormatError(f"{directory}: SavedModel has no {SIGNATURE!r} signature")
@@ -64,7 +97,7 @@ def load_tf(path: str | Path) -> Predictor:
     def predict(images: np.ndarray) -> np.ndarray:
         return signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
 
-    predictor = Predictor(predict, "tf", directory, read_metadata(directory))
+    predictor = Predictor(predict, "tf", directory, metadata)
     predictor.keepalive = loaded  # type: ignore[attr-defined]  # the signature needs it alive
     return predictor
 
@@ -98,15 +131,7 @@ def _onnx_metadata(path: Path, session) -> dict:
     exports/serving/<name>/<v>/); else {} with a warning, as the threshold falls back to 0.5."""
     embedded = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
     if embedded:
-        try:
-            metadata = json.loads(embedded)
-        except json.JSONDecodeError as error:
-            raise ModelFormatError(f"{path}: metadata_props[{ONNX_METADATA_KEY!r}] is not JSON "
-                                   f"({error})") from error
-        if not isinstance(metadata, dict):
-            raise ModelFormatError(f"{path}: metadata_props[{ONNX_METADATA_KEY!r}] is "
-                                   f"{type(metadata).__name__}, not a JSON object")
-        return metadata
+        return parse_metadata(embedded, f"{path}: metadata_props[{ONNX_METADATA_KEY!r}]")
     parents = path.resolve().parents
     candidate = (parents[3] / "serving" / parents[1].name / parents[0].name
                  if len(parents) > 3 else None)

@@ -4,7 +4,9 @@ Every temporary file a run writes into the output folder is named `.tailseg-tmp-
 strip rasters, staged outputs, the old outputs while they are being replaced and the swap
 journal. A run that dies without cleaning up (SIGKILL, power loss) leaves such files behind;
 the next run in the folder finds them by their prefix, sees that process <pid> is gone, and
-removes them, first completing any swap that was under way.
+removes them, first completing any swap that was under way. Other files in the folder are never
+touched: of the scratch names tailseg wrote before issue 14, only those of the outputs being
+written now are recognised, so a user's `.notes.tmp-4242` survives.
 
 Replacing a set of outputs (`swap_into_place`): the new files are written completely under
 staged names; then a journal listing (staged, final, backup) names is written and fsynced; the
@@ -22,8 +24,9 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import takewhile
 from pathlib import Path
 
 from tailseg.errors import OutputExistsError, OutputWriteError, PredictionInterrupted
@@ -39,16 +42,28 @@ def scratch_path(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / f"{SCRATCH_PREFIX}{os.getpid()}-{name}"
 
 
-# Scratch names of tailseg before issue 14: .<stem>_<key>.strips-<pid>.tif, .<name>.tmp-<pid>.
-LEGACY_PATTERNS = (".*.strips-*.tif", ".*.tmp-*")
+def _owner(name: str, legacy: list[tuple[str, str]]) -> int | None:
+    """The pid in a scratch name of tailseg, or None for any other name."""
+    if name.startswith(SCRATCH_PREFIX):
+        pid = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        return int(pid) if pid.isdigit() else None
+    for prefix, suffix in legacy:
+        if name.startswith(prefix) and name.endswith(suffix):
+            pid = name[len(prefix): len(name) - len(suffix)]
+            if pid.isdigit():
+                return int(pid)
+    return None
 
 
-def _owner(path: Path) -> int | None:
-    if path.name.startswith(SCRATCH_PREFIX):
-        pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-    else:
-        pid = path.name.removesuffix(".tif").rsplit("-", 1)[-1]
-    return int(pid) if pid.isdigit() else None
+def _legacy_names(outputs: Iterable[Path]) -> list[tuple[str, str]]:
+    """(prefix, suffix) around the pid of the scratch names tailseg wrote for these outputs
+    before issue 14: .<stem>_<key>.strips-<pid>.tif and .<output name>.tmp-<pid>."""
+    names = []
+    for output in outputs:
+        names.append((f".{output.name}.tmp-", ""))
+        if output.suffix == ".tif":
+            names.append((f".{output.stem}.strips-", ".tif"))
+    return names
 
 
 def _alive(pid: int) -> bool:
@@ -63,11 +78,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_leftovers(out_dir: Path) -> list[Path]:
-    """Finish interrupted swaps and delete the scratch files of processes that are gone."""
-    candidates = {p for pattern in (f"{SCRATCH_PREFIX}*", *LEGACY_PATTERNS)
-                  for p in Path(out_dir).glob(pattern)}
-    leftovers = sorted(p for p in candidates if (pid := _owner(p)) is not None and not _alive(pid))
+def remove_leftovers(out_dir: Path, outputs: Iterable[Path] = ()) -> list[Path]:
+    """Finish interrupted swaps and delete the scratch files of processes that are gone.
+
+    Only names tailseg makes are candidates: `.tailseg-tmp-<pid>-*`, and the pre-issue-14
+    scratch names of `outputs` (the output files of the run about to start).
+    """
+    legacy = _legacy_names(outputs)
+    leftovers = sorted(p for p in Path(out_dir).iterdir()
+                       if (pid := _owner(p.name, legacy)) is not None and not _alive(pid)
+                       and not p.is_dir())
     for journal in [p for p in leftovers if p.name.endswith(f"-{JOURNAL}")]:
         logger.warning("%s: completing the output swap of a run that was stopped", journal)
         _roll_forward(journal)
@@ -82,8 +102,11 @@ def remove_leftovers(out_dir: Path) -> list[Path]:
     return removed
 
 
-def prepare_output_dir(out_dir: Path) -> None:
+def prepare_output_dir(out_dir: Path) -> list[Path]:
     """Create out_dir if needed and prove it writable, with errors that say what to fix.
+
+    Returns:
+        The folders created, deepest first, for remove_created() should the run fail.
 
     Raises:
         OutputWriteError: out_dir is a file, cannot be created or is not writable.
@@ -92,15 +115,27 @@ def prepare_output_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputWriteError(f"{out_dir}: the output path exists and is not a folder; pass a "
                                "folder to --out")
+    missing = list(takewhile(lambda folder: not folder.exists(), (out_dir, *out_dir.parents)))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = scratch_path(out_dir, "probe")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
+        remove_created(missing)
         raise OutputWriteError(f"{out_dir}: the output folder cannot be written "
                                f"({error.strerror or error}); fix its permissions or choose "
                                "another --out") from error
+    return missing
+
+
+def remove_created(folders: list[Path]) -> None:
+    """Remove the folders prepare_output_dir created (deepest first) that are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run wrote into it), or gone: leave it
+            return
 
 
 def check_existing(finals: dict[str, Path], overwrite: bool) -> None:

@@ -41,6 +41,7 @@ from tailseg.outputs import (
     guard_os_errors,
     interrupts_as_exceptions,
     prepare_output_dir,
+    remove_created,
     remove_leftovers,
     scratch_path,
     swap_into_place,
@@ -49,7 +50,7 @@ from tailseg.radiometry import check_radiometry
 from tailseg.raster import open_raster, scene_band_indexes, to_reflectance
 from tailseg.receptive import GRID, RAMP, blend_defaults, context_radius
 from tailseg.tiling import StripAccumulator, Tile, Tiling
-from tailseg.vectorize import polygonize, write_geojson
+from tailseg.vectorize import polygonize, wgs84_transformer, write_geojson
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +231,21 @@ def _provenance(predictor, input_path: Path, threshold: float, convention: str,
             "connectivity": config.connectivity, "min_area_ha": config.min_area_ha}
 
 
+def _threshold(predictor, config: PredictConfig) -> float:
+    """config.threshold, else the model's (checked: a predictor need not come from
+    tailseg.backends, which checks it on loading), else 0.5."""
+    if config.threshold is not None:
+        return config.threshold
+    threshold = (getattr(predictor, "metadata", {}) or {}).get("threshold", 0.5)
+    if (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+            or not 0.0 < threshold < 1.0):
+        source = getattr(predictor, "path", None)
+        raise ModelFormatError(f"{f'{source}: ' if source else ''}the model's threshold "
+                               f"{threshold!r} is not a number between 0 and 1; repair its "
+                               "metadata or pass --threshold")
+    return float(threshold)
+
+
 def _tags(provenance: dict) -> dict[str, str]:
     """GeoTIFF tags: TAILSEG_MODEL_NAME, TAILSEG_THRESHOLD, TAILSEG_VERSION, ..."""
     return {f"TAILSEG_{key.removeprefix('tailseg_').upper()}": str(value)
@@ -238,12 +254,13 @@ def _tags(provenance: dict) -> dict[str, str]:
 
 def _check_scene(dataset, input_path: Path, config: PredictConfig):
     """(band indexes, convention, radiometry evidence), or the error of a scene that cannot be
-    predicted: bands, CRS, reflectance convention."""
+    predicted: bands, CRS (missing, or not transformable to WGS84), reflectance convention."""
     indexes = scene_band_indexes(dataset, input_path, config.bands)
     if dataset.crs is None:
         raise CRSMissingError(f"{input_path}: has no coordinate reference system, so the "
                               "outputs cannot be placed on a map; assign one, e.g. "
                               "`gdal_edit.py -a_srs EPSG:32723 FILE`")
+    wgs84_transformer(dataset.crs, input_path)  # the polygons are in WGS84
     convention, evidence = check_radiometry(dataset, input_path, indexes, config.convention,
                                             config.force)
     return indexes, convention, evidence
@@ -269,16 +286,19 @@ def predict_scene(input_path: str | Path, predictor, out_dir: str | Path,
     """Predict a whole GeoTIFF scene and write probability, mask and site polygons.
 
     Everything checkable is checked before the first window runs. SIGTERM is handled like
-    SIGINT; on any error or signal nothing is left in out_dir and existing outputs stay.
+    SIGINT; on any error or signal nothing is left in out_dir, existing outputs stay and the
+    folders this run created are removed.
 
     Args:
         input_path: a B2/B3/B4 GeoTIFF of any size and CRS (see tailseg.raster conventions).
         predictor: a tailseg.backends.Predictor, or any callable NHWC float32 -> NHW1.
-        out_dir: the output folder (created when missing).
+        out_dir: the output folder (created when missing, removed again if the run fails).
         config: windows, blending and output settings.
 
     Raises:
-        RasterReadError, BandCountError, BandOrderError, CRSMissingError: bad input.
+        RasterReadError, BandCountError, BandOrderError: bad input.
+        CRSMissingError: the scene has no CRS, or one that cannot be transformed to WGS84.
+        ModelFormatError: the predictor's metadata threshold is not a number in (0, 1).
         ReflectanceConventionError: the convention gives implausible reflectance.
         OutputExistsError: an output exists and config.overwrite is False.
         OutputWriteError: the output folder cannot be written.
@@ -287,8 +307,7 @@ def predict_scene(input_path: str | Path, predictor, out_dir: str | Path,
     config = config or PredictConfig()
     started = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
-    metadata = getattr(predictor, "metadata", {}) or {}
-    threshold = float(config.threshold or metadata.get("threshold", 0.5))
+    threshold = _threshold(predictor, config)
     finals = output_paths(input_path, out_dir, config.vector_format)
     with ExitStack() as stack:
         stack.enter_context(interrupts_as_exceptions())
@@ -297,8 +316,10 @@ def predict_scene(input_path: str | Path, predictor, out_dir: str | Path,
         indexes, convention, evidence = _check_scene(dataset, input_path, config)
         config = resolve_blending(config, predictor, dataset.height, dataset.width)
         config = config.model_copy(update={"convention": convention})
-        prepare_output_dir(out_dir)
-        remove_leftovers(out_dir)
+        created = prepare_output_dir(out_dir)
+        # On failure, after the scratch files are gone (callbacks run last-in first-out).
+        stack.push(lambda failed, *_: remove_created(created) if failed else None)
+        remove_leftovers(out_dir, finals.values())
         check_existing(finals, config.overwrite)
         provenance = _provenance(predictor, input_path, threshold, convention, config)
         scratch = {key: scratch_path(out_dir, f"{input_path.stem}_{key}.strips.tif")

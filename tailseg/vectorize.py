@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import shapely
 from pyproj import CRS, Geod, Transformer
+from pyproj.exceptions import ProjError
 from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 from shapely.geometry import mapping, shape
 from shapely.geometry.polygon import orient
 
 from tailseg.constants import TAILINGS
+from tailseg.errors import CRSMissingError
 from tailseg.raster import open_raster
 
 WGS84 = CRS.from_epsg(4326)
@@ -65,14 +67,39 @@ def geodesic_area_ha(geometry: shapely.Geometry) -> float:
     return abs(total) / SQUARE_METRES_PER_HECTARE
 
 
+def wgs84_transformer(crs, source: str | Path | None = None) -> Transformer:
+    """The transformer from crs to EPSG:4326 (longitude, latitude).
+
+    Raises:
+        CRSMissingError: crs cannot be transformed to WGS84 (e.g. a local engineering CRS),
+            named after the file `source` when given.
+    """
+    try:
+        return Transformer.from_crs(CRS.from_user_input(crs), WGS84, always_xy=True)
+    except ProjError as error:  # CRSError is a ProjError
+        raise CRSMissingError(
+            f"{f'{source}: ' if source else ''}{_crs_name(crs)} cannot be transformed to "
+            f"WGS84 (EPSG:4326), so the outputs cannot be placed on a map "
+            f"({str(error).rstrip('.')}); "
+            "reproject the scene to a geographic or projected CRS, e.g. `gdalwarp -t_srs "
+            "EPSG:32723 IN OUT`") from error
+
+
+def _crs_name(crs) -> str:
+    try:
+        return f"the coordinate reference system '{CRS.from_user_input(crs).name}'"
+    except ProjError:
+        return f"the coordinate reference system {crs}"
+
+
 def to_wgs84(geometries: list[shapely.Geometry], crs, pixel_size: float) -> np.ndarray:
     """Reproject geometries from crs to EPSG:4326 in one call, densifying long edges first."""
     geometries = np.asarray(geometries, dtype=object)
     source = CRS.from_user_input(crs)
     if source == WGS84:
         return geometries
+    transformer = wgs84_transformer(source)
     geometries = shapely.segmentize(geometries, SEGMENT_PIXELS * pixel_size)
-    transformer = Transformer.from_crs(source, WGS84, always_xy=True)
     return shapely.transform(geometries, lambda xy: np.column_stack(
         transformer.transform(xy[:, 0], xy[:, 1])))
 

@@ -8,26 +8,32 @@ wrong band order or reflectance convention changes the mask in a known way.
 import json
 import logging
 import os
+import re
+import shutil
 import stat
 
 import numpy as np
 import pytest
 import rasterio
 import shapely
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 import tailseg
+from tailseg.backends import load_predictor
 from tailseg.cli import main
 from tailseg.config import PredictConfig
 from tailseg.errors import (
     BandOrderError,
     CRSMissingError,
+    ModelFormatError,
     OutputWriteError,
     RasterReadError,
     ReflectanceConventionError,
 )
 from tailseg.geopackage import read_geometry
 from tailseg.predict import predict_scene
+from tailseg.predictor import Predictor
 from tests.rasters import corrupt_tile, write_image
 from tests.test_predict import load_red_model
 
@@ -200,7 +206,45 @@ def test_a_corrupt_tile_is_a_read_error_naming_the_file_and_leaves_nothing(red_m
     unsampled = corrupt_tile(scene, tmp_path / "unsampled.tif", column=4)
     with pytest.raises(RasterReadError, match=r"unsampled.tif: pixels of Window\(col_off=224"):
         predict_scene(unsampled, counting, tmp_path / "out", CONFIG)
-    assert list((tmp_path / "out").rglob("*")) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_removes_the_folders_it_created_and_no_others(red_model, tmp_path, capsys):
+    # The corrupt tile is found while predicting, after the output folders were made.
+    unsampled = corrupt_tile(wide_dn_scene(tmp_path / "wide.tif"), tmp_path / "unsampled.tif",
+                             column=4)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(RasterReadError, match="unsampled.tif: pixels of Window"):
+        predict_scene(unsampled, red_model, kept / "new" / "x" / "y", CONFIG)
+    assert kept.is_dir() and list(kept.iterdir()) == []
+    assert main(["predict", str(unsampled), "--out", str(tmp_path / "o" / "new" / "x"),
+                 "--model", str(red_model.path), "--window", "64", "--no-progress"]) == 2
+    assert "unsampled.tif: pixels of Window" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # A folder that gained a file from elsewhere during the run is not removed.
+    shared = tmp_path / "shared"
+
+    class Writing(Counting):
+        def __call__(self, images):
+            (shared / "theirs.txt").write_text("another run's file")
+            return super().__call__(images)
+
+    with pytest.raises(RasterReadError, match="unsampled.tif"):
+        predict_scene(unsampled, Writing(red_model), shared / "sub",
+                      CONFIG.model_copy(update={"batch_size": 1}))
+    assert [p.name for p in shared.iterdir()] == ["theirs.txt"]
+
+
+def test_a_crs_without_a_transformation_to_wgs84_fails_before_inference(red_model, tmp_path):
+    local = CRS.from_wkt('LOCAL_CS["mine grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                         'AXIS["Northing",NORTH]]')
+    path = dn_scene(tmp_path / "local.tif", False, crs=local)
+    counting = Counting(red_model)
+    with pytest.raises(CRSMissingError, match="local.tif: the coordinate reference system 'mine "
+                                              "grid' cannot be transformed to WGS84.*gdalwarp"):
+        predict_scene(path, counting, tmp_path / "out", CONFIG)
+    assert counting.calls == 0 and not (tmp_path / "out").exists()
 
 
 def test_unwritable_output_fails_before_inference_with_exit_2(red_model, tmp_path, capsys):
@@ -283,3 +327,69 @@ def test_provenance_rounded_coordinates_and_geopackage(red_model, tmp_path):
         assert geometry.geom_type == "MultiPolygon" and geometry.is_valid
         assert shapely.equals(geometry, shapely.geometry.shape(feature["geometry"]))
     assert json.loads(description)["convention"] == "dn_offset"
+
+
+BAD_METADATA = [('{"threshold": 2.0}', "has threshold 2.0, not a number between 0 and 1"),
+                ('{"threshold": null}', "has threshold None, not a number"),
+                ('{"threshold": "abc"}', "has threshold 'abc', not a number"),
+                ('{"threshold": true}', "has threshold True, not a number"),
+                ("[0.5]", "is list, not a JSON object"),
+                ('{"threshold": 0.5', "is not JSON")]
+
+
+@pytest.mark.parametrize("content, problem", BAD_METADATA)
+def test_bad_saved_model_metadata_is_a_model_format_error_naming_the_file(content, problem,
+                                                                          red_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(red_model.path, model)
+    (model / "assets.extra" / "tailseg.json").write_text(content)
+    with pytest.raises(ModelFormatError, match=re.escape(f"tailseg.json {problem}")):
+        load_predictor(model)
+
+
+def tiny_onnx(path, metadata: str | None):
+    """An ONNX model (sigmoid of the red band's broadcast) carrying metadata text, if given."""
+    from onnx import TensorProto, helper, save
+
+    shape = [None, None, None, 3]
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["image"], ["probability"])], "tiny",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("probability", TensorProto.FLOAT,
+                                                             shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if metadata is not None:
+        helper.set_model_props(model, {"tailseg": metadata})
+    save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("content, problem", BAD_METADATA)
+def test_bad_onnx_metadata_is_a_model_format_error_naming_the_file(content, problem, tmp_path):
+    path = tiny_onnx(tmp_path / "model.onnx", content)
+    with pytest.raises(ModelFormatError,
+                       match=re.escape(f"model.onnx: metadata_props['tailseg'] {problem}")):
+        load_predictor(path)
+    assert load_predictor(tiny_onnx(tmp_path / "good.onnx", '{"threshold": 0.3}')).metadata == {
+        "threshold": 0.3}
+
+
+def test_a_threshold_outside_0_1_fails_the_cli_before_any_output(red_model, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(red_model.path, model)
+    (model / "assets.extra" / "tailseg.json").write_text('{"threshold": 2.0}')
+    scene = dn_scene(tmp_path / "scene.tif", False)
+    assert main(["predict", str(scene), "--out", str(tmp_path / "out"), "--model", str(model),
+                 "--no-progress"]) == 2
+    assert "tailseg.json has threshold 2.0, not a number between 0 and 1" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+    # A predictor made elsewhere, with the same metadata, is refused as well.
+    counting = Counting(red_model)
+    elsewhere = Predictor(counting, "tf", model, {"threshold": 2.0})
+    with pytest.raises(ModelFormatError, match="model: the model's threshold 2.0 is not"):
+        predict_scene(scene, elsewhere, tmp_path / "out", CONFIG)
+    assert counting.calls == 0 and not (tmp_path / "out").exists()
+    # --threshold overrides the model's.
+    result = predict_scene(scene, elsewhere, tmp_path / "out",
+                           CONFIG.model_copy(update={"threshold": 0.5}))
+    np.testing.assert_array_equal(_mask(result), truth_mask())

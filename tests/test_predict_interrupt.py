@@ -85,7 +85,7 @@ def test_sigterm_in_process_removes_everything(red_model, tmp_path):
     with pytest.raises(PredictionInterrupted) as interrupt:
         predict_scene(path, terminated_midway, out, CONFIG.model_copy(update={"batch_size": 1}))
     assert interrupt.value.signal == signal.SIGTERM and len(calls) == 3
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # nor the folder this run created
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
 
 
@@ -104,7 +104,7 @@ def test_cli_sigterm_mid_run_exits_143_and_a_killed_run_is_cleaned_up(red_model,
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "interrupted by SIGTERM; temporary files removed" in stderr
     assert "Traceback" not in stderr
-    assert list(out.iterdir()) == []
+    assert not out.exists()
     # SIGKILL cannot be handled: the scratch files stay, named after the dead process...
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -207,3 +207,21 @@ def test_leftovers_of_dead_runs_are_removed_and_those_of_live_runs_kept(red_mode
     predict_scene(dn_scene(tmp_path / "scene.tif", False), red_model, out, CONFIG)
     assert not any(path.exists() for path in stale)
     assert live.exists()
+
+
+def test_user_files_named_like_scratch_files_survive(red_model, tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _dead_pid()
+    users = [out / f".thesis.tmp-{dead}", out / ".notes.strips-999999.tif",
+             out / f".scene_mask.tif.tmp-{dead}-draft",  # a suffix after the pid
+             out / f".other_mask.tif.tmp-{dead}"]  # another scene's old name: not this run's
+    for path in users:
+        path.write_text("the user's own file")
+    stale = out / f".scene_mask.tif.tmp-{dead}"
+    stale.write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        predict_scene(dn_scene(tmp_path / "scene.tif", False), red_model, out, CONFIG)
+    assert all(path.read_text() == "the user's own file" for path in users)
+    assert not stale.exists()
+    assert f"removed 1 temporary files of stopped runs ({stale.name})" in caplog.text
