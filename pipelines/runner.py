@@ -11,7 +11,7 @@ import yaml
 
 from pipelines import schedules
 from tailseg.budget import training_schedule_summary
-from tailseg.config import load_run_yaml, parse_config
+from tailseg.config import load_run_yaml, parse_config, run_parameters
 from tailseg.workflow import resolve_paths
 
 logger = logging.getLogger(__name__)
@@ -27,9 +27,12 @@ def effective_configuration(config_path: str | Path, overlay: str | Path | None 
 
     config_path = Path(config_path).resolve()
     raw = load_run_yaml(config_path)
+    parameters = run_parameters(raw, config_path)  # each file checked, so errors name it
     if overlay is not None:
-        raw = merge_run_configs(raw, load_run_yaml(overlay))
-    parameters = (raw.get("parameters") or {}).get("config") or {}
+        extra = load_run_yaml(overlay)
+        run_parameters(extra, overlay)
+        raw = merge_run_configs(raw, extra)
+        parameters = run_parameters(raw, f"{config_path} with overlay {overlay}")
     config = resolve_paths(parse_config(parameters, str(config_path)), config_path.parent)
     # fail_fast re-raises a step's own exception (e.g. DatasetValidationError naming the chips)
     # instead of ZenML's generic "failure in step(s)" error.

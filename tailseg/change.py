@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 from shapely.geometry import mapping, shape
+from shapely.validation import explain_validity
 
 from tailseg.config import ChangeConfig
 from tailseg.errors import OutputExistsError, VectorReadError
@@ -40,6 +41,15 @@ def read_sites(path: str | Path) -> list[shapely.Geometry]:
     wrong = [g.geom_type for g in geometries if g.geom_type not in ("Polygon", "MultiPolygon")]
     if wrong:
         raise VectorReadError(f"{path}: {len(wrong)} features are not polygons ({wrong[0]})")
+    # Overlaps and areas of an invalid polygon (a bow-tie, a ring crossing itself) are
+    # undefined: GEOS stops with a TopologyException in the middle of the comparison.
+    invalid = [index for index, geometry in enumerate(geometries) if not geometry.is_valid]
+    if invalid:
+        first = invalid[0]
+        raise VectorReadError(
+            f"{path}: {len(invalid)} invalid polygon(s); feature {first} (0-based, in file "
+            f"order) is invalid: {explain_validity(geometries[first])}. Repair them (e.g. "
+            "shapely.make_valid, or QGIS 'Fix geometries') or predict the scene again")
     return geometries
 
 

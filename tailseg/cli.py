@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -17,18 +19,124 @@ from pathlib import Path
 
 from tailseg import runtime
 from tailseg.constants import MIN_SITE_AREA_HA
-from tailseg.errors import ConfigError, OutputExistsError, TailsegError
+from tailseg.errors import ConfigError, OutputExistsError, OutputWriteError, TailsegError
 
 logger = logging.getLogger("tailseg")
 
 
+# --- option values ---------------------------------------------------------------------------
+
+def _number(convert: Callable[[str], int | float], minimum: float, strict: bool = False,
+            maximum: float | None = None) -> Callable[[str], int | float]:
+    """An argparse type: a finite number at least minimum (above it when strict) and below
+    maximum, so 0, -1, nan and inf fail as a usage error naming the option."""
+    kind = "a whole number" if convert is int else "a number"
+    bounds = (f"above {minimum}" if strict else f"at least {minimum}") + (
+        f" and below {maximum}" if maximum is not None else "")
+
+    def parse(text: str) -> int | float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if (not math.isfinite(value) or value < minimum or (strict and value == minimum)
+                or (maximum is not None and value >= maximum)):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {kind} {bounds}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, 1)
+_count = _number(int, 0)
+_positive = _number(float, 0, strict=True)
+_non_negative = _number(float, 0)
+_probability = _number(float, 0, strict=True, maximum=1)
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+def _add_overwrite(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs")
+
+
+def _protected(inputs: dict[str, str | Path | None]) -> dict[str, Path]:
+    """The inputs no output may replace or lie inside, resolved; a model file in a version
+    folder (exports/onnx/<name>/<v>/model.onnx) protects the whole version."""
+    protected = {}
+    for label, path in inputs.items():
+        if not path or "://" in str(path):  # absent, or a model server
+            continue
+        path = Path(path).resolve()
+        protected[label] = path
+        if path.is_file() and path.parent.name.isdigit():
+            protected[f"{label} version"] = path.parent
+    return protected
+
+
+def _check_outputs(outputs: list[tuple[str, str | Path | None]], overwrite: bool,
+                   inputs: dict[str, str | Path | None]) -> None:
+    """Refuse, before anything is computed or written, every output that would replace or
+    land inside an input (the model, the dataset, the configuration), replace an existing
+    file without --overwrite, replace a folder, or cannot be created.
+
+    Raises:
+        OutputExistsError: a file exists and overwrite is False.
+        OutputWriteError: any other reason; the message names the option and the path.
+    """
+    protected, seen = _protected(inputs), {}
+    for option, path in outputs:
+        if not path:
+            continue
+        path = Path(path)
+        resolved = path.resolve()
+        for label, guarded in protected.items():
+            if resolved == guarded or guarded in resolved.parents:
+                raise OutputWriteError(f"{option} {path}: is or lies inside the {label} "
+                                       f"{guarded}; write outputs elsewhere")
+        if resolved in seen:
+            raise OutputWriteError(f"{option} {path}: also the target of {seen[resolved]}; "
+                                   "give each output its own file")
+        seen[resolved] = option
+        if path.is_dir():
+            raise OutputWriteError(f"{option} {path}: is a folder; name a file")
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{option} {path}: already exists; pass --overwrite to "
+                                    "replace it")
+        folder = next(parent for parent in path.absolute().parents if parent.exists())
+        if not folder.is_dir():
+            raise OutputWriteError(f"{option} {path}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputWriteError(f"{option} {path}: folder {folder} is not writable")
+
+
+def _write_outputs(files: dict[Path, str | bytes]) -> None:
+    """Write each file atomically; if one fails, the files this call created are removed."""
+    from tailseg.textfile import write_atomically
+
+    created: list[Path] = []
+    try:
+        for path, content in files.items():
+            existed = path.exists()
+            write_atomically(path, content)
+            if not existed:
+                created.append(path)
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _json_text(payload: dict) -> str:
+    return json.dumps(payload, indent=2) + "\n"
+
+
 def _write_json(payload: dict, path: str | None) -> None:
-    text = json.dumps(payload, indent=2)
+    """Write the JSON to path (checked beforehand with _check_outputs), or print it."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text + "\n")
+        _write_outputs({Path(path): _json_text(payload)})
     else:
-        print(text)
+        print(_json_text(payload), end="")
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -40,22 +148,24 @@ def _add_evaluate(subparsers) -> None:
                         help="SavedModel dir, TF Serving base path (latest version) or .onnx")
     parser.add_argument("--data", required=True, help="Dataset dir with images/ and masks/")
     parser.add_argument("--json", dest="json_out", help="Write the metrics JSON here")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=_probability, default=None,
                         help="Decision threshold (default: the model's, else 0.5)")
     parser.add_argument("--convention", default="auto",
                         help="Reflectance convention of the images (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=_positive_int, default=4,
+                        help="Chips per model call (default: %(default)s)")
     parser.add_argument("--plots", default=None, metavar="DIR",
                         help="Save PNGs here: precision-recall curve, best/worst chips, and "
                              "training curves when the model carries its history")
-    parser.add_argument("--min-site-pixels", type=int, default=0,
+    parser.add_argument("--min-site-pixels", type=_count, default=0,
                         help="Site metrics ignore predicted sites smaller than this "
                              "(default: %(default)s)")
-    parser.add_argument("--min-site-ha", type=float, default=MIN_SITE_AREA_HA,
+    parser.add_argument("--min-site-ha", type=_non_negative, default=MIN_SITE_AREA_HA,
                         help="Site metrics ignore predicted sites smaller than this area, as "
                              "`predict` drops them (default: %(default)s; 0 keeps all)")
     parser.add_argument("--tta", action="store_true",
                         help="Test-time augmentation: average the predictions of 4 flips")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_evaluate)
 
 
@@ -66,13 +176,20 @@ def _evaluate(args) -> int:
     from tailseg.sites import evaluate_sites, raster_row_areas, site_line
     from tailseg.tta import flip_tta
 
+    inputs = {"model": args.model, "dataset": args.data}
+    plots = Path(args.plots) if args.plots else None
+    # Checked now with the one plot always drawn, and again with all of them before writing.
+    _check_outputs([("--json", args.json_out),
+                    ("--plots", plots and plots / "precision_recall_curve.png")],
+                   args.overwrite, inputs)
     predictor = load_predictor(args.model)
     pairs, unpaired = find_pairs(args.data)
     for reason in unpaired.values():
         logger.warning("skipping %s", reason)
     chips, excluded = load_chips(pairs, args.convention)
     if not chips:
-        raise TailsegError(f"{args.data}: no usable chips ({len(excluded)} excluded)")
+        reasons = "".join(f"\n  {reason}" for reason in list(excluded.values())[:5])
+        raise TailsegError(f"{args.data}: no usable chips ({len(excluded)} excluded){reasons}")
     threshold = (args.threshold if args.threshold is not None
                  else predictor.metadata.get("threshold", 0.5))
     if not 0.0 < threshold < 1.0:
@@ -86,11 +203,18 @@ def _evaluate(args) -> int:
                                      [raster_row_areas(masks[c.chip_id]) for c in chips],
                                      min_site_pixels=args.min_site_pixels,
                                      min_site_ha=args.min_site_ha)
-    if args.plots:
-        _save_plots(Path(args.plots), chips, probabilities, report, predictor.metadata)
     report |= {"model": str(predictor.path), "backend": predictor.backend,
                "excluded": excluded | unpaired}
-    _write_json(report, args.json_out)
+    outputs = [("--json", Path(args.json_out), _json_text(report))] if args.json_out else []
+    if plots:
+        figures = _figures(chips, probabilities, report, predictor.metadata)
+        outputs += [("--plots", plots / f"{name}.png", png) for name, png in figures.items()]
+    _check_outputs([(option, path) for option, path, _ in outputs], args.overwrite, inputs)
+    _write_outputs({path: content for _, path, content in outputs})
+    if not args.json_out:
+        print(_json_text(report), end="")
+    if plots:
+        print(f"plots: {', '.join(sorted(figures))} in {plots}", file=sys.stderr)
     print(f"IoU {report['iou']:.4f}  F1 {report['f1']:.4f}  precision {report['precision']:.4f}"
           f"  recall {report['recall']:.4f}  accuracy {report['accuracy']:.4f}  "
           f"({report['n_chips']} chips)", file=sys.stderr)
@@ -105,30 +229,37 @@ def _add_cv(subparsers) -> None:
                                               "per-fold and mean +- std IoU/F1, pooled IoU.")
     parser.add_argument("--config", default="zenml.yaml",
                         help="Run configuration with tailseg parameters (default: %(default)s)")
-    parser.add_argument("--folds", type=int, default=5, help="Number of folds (default: 5)")
+    parser.add_argument("--folds", type=_number(int, 2), default=5,
+                        help="Number of folds (default: 5)")
     parser.add_argument("--json", dest="json_out", default=None,
                         help="Write the report here (default: print it)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=_positive_int, default=None,
                         help="Override training.epochs for every fold")
-    parser.add_argument("--max-minutes", type=float, default=None,
+    parser.add_argument("--max-minutes", type=_positive, default=None,
                         help="Override training.max_minutes (the budget of each fold)")
     parser.add_argument("--tta", action="store_true",
                         help="Score with test-time augmentation (mean of 4 flips)")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_cv)
 
 
 def _cv(args) -> int:
-    from tailseg.config import load_run_yaml, parse_config
+    from tailseg.config import load_run_yaml, parse_config, run_parameters
     from tailseg.crossval import cross_validate
     from tailseg.workflow import resolve_paths
 
     path = Path(args.config).resolve()
-    parameters = (load_run_yaml(path).get("parameters") or {}).get("config") or {}
+    parameters = run_parameters(load_run_yaml(path), path)
     training = {k: v for k, v in (("epochs", args.epochs), ("max_minutes", args.max_minutes))
                 if v is not None}
-    if training:
-        parameters = {**parameters, "training": {**parameters.get("training", {}), **training}}
+    given = parameters.get("training") or {}
+    if training and isinstance(given, dict):  # anything else: parse_config names the file
+        parameters = {**parameters, "training": {**given, **training}}
     config = resolve_paths(parse_config(parameters, str(path)), path.parent)
+    _check_outputs([("--json", args.json_out)], args.overwrite,
+                   {"configuration": path, "dataset": config.data.data_dir,
+                    "model repository": Path(config.export.export_dir) / "serving",
+                    "ONNX model repository": Path(config.export.export_dir) / "onnx"})
     try:
         report = cross_validate(config, args.folds, tta=args.tta)
     except ValueError as error:
@@ -310,7 +441,8 @@ def _add_promote(subparsers) -> None:
     parser = subparsers.add_parser(
         "promote", help="Pin the version production serves (and labels stable) in its "
                         "models.config; an older version rolls back. Apply with kubectl apply -k.")
-    parser.add_argument("version", type=int, help="Exported version (integer directory)")
+    parser.add_argument("version", type=_positive_int,
+                        help="Exported version (integer directory)")
     parser.add_argument("--models-config", default="infra/k8s/overlays/production/models.config",
                         help="TF Serving config to edit (default: %(default)s)")
     parser.add_argument("--model-name", default="tailseg")
@@ -345,6 +477,7 @@ def _add_validate(subparsers) -> None:
                         help="Reflectance convention of the images (default: %(default)s)")
     parser.add_argument("--previous-stats", help="An earlier report JSON (or its band_stats) for "
                                                  "the band drift warning")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_validate)
 
 
@@ -356,12 +489,28 @@ def _find_section(mapping: dict, key: str, depth: int = 3) -> dict | None:
                  if (found := _find_section(child, key, depth - 1)) is not None), None)
 
 
+def _previous_stats(path: str) -> dict:
+    """The band statistics of an earlier report (or the statistics alone), as a mapping."""
+    try:
+        previous = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+        raise ConfigError(f"{path}: not a readable JSON report ({error})") from error
+    if isinstance(previous, dict):
+        previous = previous.get("band_stats", previous)
+    if not isinstance(previous, dict):
+        raise ConfigError(f"{path}: expected a JSON object (a `tailseg validate` report or its "
+                          f"band_stats), got {type(previous).__name__}")
+    return previous
+
+
 def _validate(args) -> int:
     from pydantic import ValidationError
 
     from tailseg.config import load_run_yaml
     from tailseg.validation import ValidationConfig, validate_dataset, write_reports
 
+    _check_outputs([("--report", args.report), ("--html", args.html)], args.overwrite,
+                   {"dataset": args.data_dir, "configuration": args.config})
     if not args.verbose:  # GX logs its start-up at INFO, hundreds of lines.
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
     section = _find_section(load_run_yaml(args.config), "validation") if args.config else None
@@ -371,14 +520,15 @@ def _validate(args) -> int:
         raise ConfigError(f"{args.config}: invalid validation settings:\n{error}") from error
     previous = None
     if args.previous_stats:
-        try:
-            previous = json.loads(Path(args.previous_stats).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"{args.previous_stats}: not a readable JSON report ({error})"
-                              ) from error
-        previous = previous.get("band_stats", previous)
+        previous = _previous_stats(args.previous_stats)
     result = validate_dataset(args.data_dir, config, args.convention, previous)
-    write_reports(result, args.report, args.html)
+    created = [Path(p) for p in (args.report, args.html) if p and not Path(p).exists()]
+    try:
+        write_reports(result, args.report, args.html)
+    except BaseException:  # e.g. the HTML failed after the JSON was written
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
     for chip_id, reasons in sorted(result.quarantined.items()):
         for reason in reasons:
             print(f"quarantined {chip_id} [{reason['check']}]: {reason['message']}",
@@ -391,16 +541,14 @@ def _validate(args) -> int:
     return 0 if result.usable else 1
 
 
-def _save_plots(folder: Path, chips, probabilities, report: dict, metadata: dict) -> None:
+def _figures(chips, probabilities, report: dict, metadata: dict) -> dict[str, bytes]:
+    """The evaluation's PNGs by name, in memory (written with the JSON, after every check)."""
     from tailseg import plots
 
-    folder.mkdir(parents=True, exist_ok=True)
     figures = plots.evaluation_figures(chips, probabilities, report, report["sweep"])
     if metadata.get("training_history"):
         figures["training_curves"] = plots.training_curves(metadata["training_history"])
-    for name, png in figures.items():
-        (folder / f"{name}.png").write_bytes(png)
-    print(f"plots: {', '.join(sorted(figures))} in {folder}", file=sys.stderr)
+    return figures
 
 
 # --- split -----------------------------------------------------------------------------------
@@ -413,17 +561,20 @@ def _add_split(subparsers) -> None:
     parser.add_argument("--json", help="Write the assignment here instead of printing it")
     parser.add_argument("--config", help="ZenML run configuration whose parameters.config.data "
                                          "gives seed and fractions (default: DataConfig's)")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_split)
 
 
 def _split(args) -> int:
-    from tailseg.config import DataConfig, load_run_yaml, parse_config
+    from tailseg.config import DataConfig, load_run_yaml, parse_config, run_parameters
     from tailseg.dataset import find_pairs
     from tailseg.split import PARTS, split_record
 
+    _check_outputs([("--json", args.json)], args.overwrite,
+                   {"dataset": args.data_dir, "configuration": args.config})
     data = DataConfig()
     if args.config:
-        parameters = (load_run_yaml(args.config).get("parameters") or {}).get("config") or {}
+        parameters = run_parameters(load_run_yaml(args.config), args.config)
         data = parse_config(parameters, args.config).data
     pairs, unpaired = find_pairs(args.data_dir)
     for reason in unpaired.values():

@@ -247,9 +247,31 @@ def load_run_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: run configuration not found")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({error}); save it as UTF-8"
+                          ) from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return content
+
+
+def run_parameters(run_yaml: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """The tailseg parameters of a run configuration: its `parameters.config` mapping ({} when
+    either level is absent or empty).
+
+    Raises:
+        ConfigError: `parameters` or `parameters.config` is not a mapping.
+    """
+    parameters = run_yaml.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ConfigError(f"{source}: 'parameters' must be a mapping with a 'config' key, got "
+                          f"{type(parameters).__name__} {parameters!r:.60}")
+    config = parameters.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: 'parameters.config' must be a mapping of tailseg "
+                          f"settings (data, model, training, ...), got {type(config).__name__} "
+                          f"{config!r:.60}")
+    return config

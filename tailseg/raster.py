@@ -23,6 +23,7 @@ from tailseg.constants import (
 from tailseg.errors import (
     BandCountError,
     BandOrderError,
+    DatasetValidationError,
     RasterReadError,
     ReflectanceConventionError,
 )
@@ -202,7 +203,16 @@ def read_image(
 
 
 def read_mask(path: str | Path) -> Raster:
-    """Read a one-band mask; data is uint8 (height, width) with 1 = tailings."""
+    """Read a one-band mask; data is uint8 (height, width) with 1 = tailings.
+
+    The stored values are checked before the cast to uint8, which would turn 0.7 or 256 into 0
+    and -1 into 255.
+
+    Raises:
+        RasterReadError: the file is missing, empty, not a GeoTIFF or truncated.
+        BandCountError: more than one band.
+        DatasetValidationError: a value other than 0 and 1, with the values found.
+    """
     path = Path(path)
     with open_raster(path) as dataset:
         if dataset.count != 1:
@@ -213,5 +223,11 @@ def read_mask(path: str | Path) -> Raster:
         except RasterioIOError as error:
             raise RasterReadError(f"{path}: pixels cannot be read, truncated? ({error})") from error
         crs, transform = dataset.crs, dataset.transform
+    wrong = [str(value) for value in np.unique(data) if value not in (0, 1)]  # and NaN
+    if wrong:
+        shown = ", ".join(wrong[:8]) + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "")
+        raise DatasetValidationError(
+            f"{path}: {data.dtype} mask holds values other than 0 and 1: [{shown}]; masks must "
+            "store 0 (background) and 1 (tailings), e.g. as uint8")
     return Raster(data=data.astype(np.uint8), valid=nodata_mask > 0, crs=crs,
                   transform=transform, path=path)

@@ -21,14 +21,14 @@ def _create_beside(path: Path) -> tuple[int, Path]:
             continue
 
 
-def write_atomically(path: str | Path, text: str) -> Path:
-    """Replace path's content with text in one rename, keeping an existing target's
-    permissions; nothing partial is ever left."""
+def write_atomically(path: str | Path, text: str | bytes) -> Path:
+    """Replace path's content with text (or bytes, e.g. a PNG) in one rename, keeping an
+    existing target's permissions; nothing partial is ever left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = _create_beside(path)
     try:
-        with os.fdopen(handle, "w") as stream:
+        with os.fdopen(handle, "wb" if isinstance(text, bytes) else "w") as stream:
             try:
                 os.fchmod(stream.fileno(), stat.S_IMODE(path.stat().st_mode))
             except FileNotFoundError:

@@ -10,7 +10,7 @@ import yaml
 
 from tailseg.cli import main
 from tailseg.crossval import assign_folds, fold_split
-from tests.rasters import make_dataset
+from tests.rasters import make_dataset, write_mask
 
 IDS = [f"chip_{i:03d}" for i in range(99)]
 
@@ -102,3 +102,21 @@ def test_cv_command_names_the_problem_when_folds_are_too_many(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"parameters": {"config": {"data": {"data_dir": str(data)}}}}))
     assert main(["cv", "--config", str(path), "--folds", "3"]) == 2
     assert "too few for 3 folds" in capsys.readouterr().err
+
+
+def test_cv_command_refuses_masks_that_are_not_0_and_1(tmp_path, capsys, caplog):
+    data = make_dataset(tmp_path / "data", n_chips=6, size=32, seed=4)
+    for path in sorted((data / "masks").iterdir()):
+        mask = np.zeros((32, 32), np.uint16)
+        mask[8:16, 8:16] = 256  # 0 after a cast to uint8: chips without tailings, IoU 0
+        path.unlink()
+        write_mask(path, mask, dtype="uint16")
+    path = tmp_path / "zenml.yaml"
+    path.write_text(yaml.safe_dump({"parameters": {"config": {
+        "data": {"data_dir": str(data)}, "model": {"base_filters": 2, "depth": 2},
+        "training": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "crop_size": 32,
+                     "verbose": 0}}}}))
+    out = tmp_path / "cv.json"
+    assert main(["cv", "--config", str(path), "--folds", "2", "--json", str(out)]) == 2
+    assert "no usable chips" in capsys.readouterr().err and not out.exists()
+    assert "chip_000.tif: uint16 mask holds values other than 0 and 1: [256]" in caplog.text

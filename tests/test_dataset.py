@@ -41,6 +41,22 @@ def test_bundled_truncated_chip_is_excluded_with_its_reason(bundled_data):
     assert chips[0].image.dtype == np.float32 and 0.0 < chips[0].image.mean() < 0.6
 
 
+def test_a_mask_wrong_before_the_cast_excludes_its_chip_naming_file_and_values(tmp_path):
+    root = make_dataset(tmp_path, n_chips=3, size=16)
+    mask = np.zeros((16, 16), np.uint16)
+    mask[4:8, 4:8] = 256  # 0 after a cast to uint8: a chip with no tailings, scored as such
+    write_mask(root / "masks" / "chip_001.tif", mask, dtype="uint16")
+    chips, excluded = load_chips(require_pairs(root))
+    assert [c.chip_id for c in chips] == ["chip_000", "chip_002"]
+    assert "chip_001.tif" in excluded["chip_001"] and "[256]" in excluded["chip_001"]
+
+
+def test_bundled_masks_all_load_as_0_and_1(bundled_data):
+    chips, excluded = load_chips(require_pairs(bundled_data))
+    assert list(excluded) == ["chip_023"]  # the truncated export, see its README
+    assert all(set(np.unique(c.mask)) <= {0, 1} and c.mask.dtype == np.uint8 for c in chips)
+
+
 def test_augmentation_moves_mask_with_image():
     rng = np.random.default_rng(0)
     image = np.zeros((8, 8, 3), np.float32)

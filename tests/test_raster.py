@@ -7,6 +7,7 @@ from rasterio.crs import CRS
 from tailseg.errors import (
     BandCountError,
     BandOrderError,
+    DatasetValidationError,
     RasterReadError,
     ReflectanceConventionError,
 )
@@ -96,3 +97,24 @@ def test_mask_is_read_as_uint8(tmp_path):
     mask = (RNG.uniform(size=(12, 10)) > 0.8).astype(np.uint8)
     raster = read_mask(write_mask(tmp_path / "m.tif", mask))
     np.testing.assert_array_equal(raster.data, mask)
+
+
+@pytest.mark.parametrize("dtype, label, shown", [
+    ("float32", 0.7, "0.7"),  # the cast to uint8 made it 0: IoU 0, "sites found 0/0"
+    ("uint16", 256, "256"),  # 256 wraps to 0 in uint8
+    ("int16", -1, "-1"),  # -1 wraps to 255, reported as "values [0 255]"
+    ("float32", np.nan, "nan")])
+def test_mask_values_other_than_0_and_1_are_refused_as_stored(tmp_path, dtype, label, shown):
+    mask = np.zeros((12, 10), dtype)
+    mask[2:5, 3:7] = label
+    path = write_mask(tmp_path / "labels.tif", mask, dtype=dtype)
+    with pytest.raises(DatasetValidationError, match=rf"labels\.tif: {dtype} mask .*\[{shown}\]"):
+        read_mask(path)
+
+
+def test_a_float_mask_of_0_and_1_is_read_as_uint8(tmp_path):
+    mask = np.zeros((12, 10), np.float32)
+    mask[1:4, 2:6] = 1.0
+    raster = read_mask(write_mask(tmp_path / "m.tif", mask, dtype="float32"))
+    assert raster.data.dtype == np.uint8
+    np.testing.assert_array_equal(raster.data, mask.astype(np.uint8))

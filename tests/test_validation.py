@@ -122,6 +122,13 @@ DEFECTS = {
     "nodata holes": (_nodata_holes, {"nodata_fraction"}),
     "non-binary mask": (lambda r: _rewrite_mask(r, np.tile([0, 1, 2, 1], (64, 16)).astype(
         np.uint8)), {"mask_binary"}),
+    # Values that a cast to uint8 would hide (0.7 and 256 -> 0) or disguise (-1 -> 255).
+    "float mask of 0.7": (lambda r: _rewrite_mask(r, np.tile([0, 0.7], (64, 32)).astype(
+        np.float32), dtype="float32"), {"mask_binary"}),
+    "uint16 mask of 256": (lambda r: _rewrite_mask(r, np.tile([0, 256], (64, 32)).astype(
+        np.uint16), dtype="uint16"), {"mask_binary"}),
+    "int16 mask of -1": (lambda r: _rewrite_mask(r, np.tile([0, -1], (64, 32)).astype(
+        np.int16), dtype="int16"), {"mask_binary"}),
     "empty mask": (lambda r: _rewrite_mask(r, np.zeros((64, 64), np.uint8)),
                    {"tailings_fraction"}),
     "2-band mask": (lambda r: write_image(r / "masks" / f"{BROKEN}.tif", np.zeros(
@@ -309,11 +316,36 @@ def test_cli_exit_codes_and_report(dataset, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["quarantined"][0]["chip_id"] == BROKEN
     assert report["quarantined"][0]["failures"][0]["check"] == "mask_readable"
+    # A report is never replaced unasked (the same run again is refused, exit 2) ...
+    assert main([*argv, "--html", str(tmp_path / "docs.html")]) == 2
+    assert "report.json: already exists; pass --overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "docs.html").exists()
+    argv.append("--overwrite")  # ... but on request
     assert main([*argv, "--html", str(tmp_path / "docs.html")]) == 0
     settings.write_text("validation:\n  min_valid_chips: 6\n")
     assert main(argv) == 1
     assert "valid_chip_count" in capsys.readouterr().err
     assert json.loads(out.read_text())["usable"] is False
+
+
+@pytest.mark.parametrize("target", ["masks/chip_000.tif", "images/new.json", "."])
+def test_cli_never_writes_a_report_into_the_dataset(dataset, target, capsys):
+    before = tree_state(dataset)
+    assert main(["validate", str(dataset), "--report", str(dataset / target),
+                 "--overwrite"]) == 2
+    assert "lies inside the dataset" in capsys.readouterr().err
+    assert tree_state(dataset) == before
+
+
+@pytest.mark.parametrize("content, kind", [("[1, 2]", "list"), ('"B2"', "str")])
+def test_cli_previous_stats_must_be_an_object(dataset, tmp_path, content, kind, capsys):
+    stats = tmp_path / "stats.json"
+    stats.write_text(content)
+    assert main(["validate", str(dataset), "--report", str(tmp_path / "r.json"),
+                 "--previous-stats", str(stats)]) == 2
+    error = capsys.readouterr().err
+    assert "stats.json: expected a JSON object" in error and f"got {kind}" in error
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_oversized_chip_is_rejected_from_metadata_alone(dataset):

@@ -144,6 +144,22 @@ def test_change_rejects_bad_geojson(tmp_path):
     assert compare_sites([], []) == []
 
 
+def test_change_refuses_a_self_intersecting_polygon_naming_file_and_feature(tmp_path):
+    square = [[0, 0], [0, 0.01], [0.01, 0.01], [0.01, 0], [0, 0]]
+    bow_tie = [[0, 0], [0.01, 0.01], [0.01, 0], [0, 0.01], [0, 0]]  # crosses itself
+    features = [{"type": "Feature", "properties": {},
+                 "geometry": {"type": "Polygon", "coordinates": [ring]}}
+                for ring in (square, bow_tie)]
+    before = tmp_path / "before.geojson"
+    before.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    after = tmp_path / "after.geojson"
+    after.write_text(json.dumps({"type": "FeatureCollection", "features": features[:1]}))
+    with pytest.raises(VectorReadError, match=r"before\.geojson: 1 invalid polygon.*feature 1 "
+                                              r".*Self-intersection"):
+        detect_change(before, after, tmp_path / "change.geojson")
+    assert not (tmp_path / "change.geojson").exists()
+
+
 @pytest.mark.parametrize("crs, transform", [
     ("EPSG:32723", from_origin(500000, 7776000, 10, 10)),
     ("EPSG:4326", from_origin(-44.12, -20.11, 9e-5, 9e-5))])
