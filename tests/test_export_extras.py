@@ -183,5 +183,6 @@ def test_serving_the_models_config_answers_by_label(exports, samples, tmp_path):
             expected = load_tf(export["saved_model"])(samples)
             client = GrpcClient(server.grpc_target, "tailseg", label=label)
             np.testing.assert_allclose(client.predict(samples), expected, atol=1e-6)
-            status = RestClient(server.rest_url, "tailseg", label=label).status()
-            assert status["model_version_status"][0]["version"] == str(export["version"])
+            # The metadata request resolves the label (the status request reads none).
+            metadata = RestClient(server.rest_url, "tailseg", label=label).metadata()
+            assert metadata["model_spec"]["version"] == str(export["version"])

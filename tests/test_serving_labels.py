@@ -213,6 +213,42 @@ def test_a_refused_models_config_file_is_logged_kept_out_and_retried_at_each_pol
              "the same file to be accepted once version 2 is AVAILABLE")
 
 
+def test_an_export_style_models_config_stays_refused_by_a_running_server(
+        version_dir, tmp_path, in_process_server, caplog):
+    # What an export writes (tailseg.serving.model_config.labelled_sources): a specific policy
+    # that adds the new version and moves "stable" onto it in one file. server_core.cc checks
+    # the labels before it applies the policy, so the new version never loads under the old
+    # policy and the file is refused at every poll, even with version 2 on disk: a running
+    # server needs a restart (Kubernetes rolls the pods on the ConfigMap change).
+    base = models_dir(tmp_path, version_dir, 1)
+    config = write_model_config(tmp_path / "models.config", config_of(base, (1,),
+                                                                      {"stable": 1}))
+    server = in_process_server(config, allow=True, poll_config=True)
+    rest_url = f"http://127.0.0.1:{server.rest_port}"
+    wait_for(lambda: label_version(rest_url, "stable") == (200, "1"), 60, "version 1 labelled")
+    shutil.copytree(version_dir, base / "2")
+    with caplog.at_level(logging.ERROR, logger="tailseg.serving.registry"):
+        write_model_config(config, config_of(base, (2,), {"stable": 2}))
+        wait_for(lambda: "label 'stable' points to version 2" in caplog.text, 30,
+                 "the refused config to be logged")
+    for _ in range(3):
+        server.registry.refresh()
+    assert served_versions(rest_url) == ["1"]
+    assert label_version(rest_url, "stable") == (200, "1")
+
+
+def test_a_reload_with_a_relative_base_path_is_invalid_argument(version_dir, tmp_path,
+                                                                in_process_server):
+    base = models_dir(tmp_path, version_dir, 1)
+    server = in_process_server(write_model_config(tmp_path / "models.config",
+                                                  config_of(base, policy="all")))
+    with pytest.raises(grpc.RpcError) as refused:
+        reload_config(server.grpc_port, config_of(Path("models/tailseg")))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected model tailseg to have an absolute path or URI" in refused.value.details()
+    assert served_versions(f"http://127.0.0.1:{server.rest_port}") == ["1"]
+
+
 def _production_args(tmp_path: Path, version_dir: Path, with_flag: bool) -> list[str]:
     """The production Deployment's args for `tailseg serve`, with its ConfigMap's files in
     tmp_path and the model repository moved under tmp_path (version 1 in it)."""

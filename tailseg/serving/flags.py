@@ -20,6 +20,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Directory with integer version folders")
     source.add_argument("--model_config_file", "--model-config-file", dest="model_config_file",
                         help="A models.config (ModelServerConfig text proto)")
+    parser.add_argument("--model_config_list_root_dir", default=None,
+                        help="Absolute folder that relative base paths in the models.config "
+                             "resolve against (without it they are refused, as in TF Serving)")
     parser.add_argument("--model_name", "--model-name", dest="model_name", default="tailseg",
                         help="With --model_base_path (default: %(default)s; TF Serving's is "
                              "'default')")
@@ -100,6 +103,7 @@ def serve_config_kwargs(args: argparse.Namespace) -> dict:
     """ServeConfig keyword arguments from parsed flags (unset optional ones left out)."""
     kwargs = {
         "model_base_path": args.model_base_path, "model_config_file": args.model_config_file,
+        "model_config_list_root_dir": args.model_config_list_root_dir,
         "model_name": args.model_name, "host": args.host,
         "grpc_port": _port(args.port, args.grpc_free_port, DEFAULT_GRPC_PORT),
         "rest_port": _port(args.rest_api_port, args.rest_free_port, DEFAULT_REST_PORT),

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -235,9 +234,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         """Replace the served models (model_service_impl.cc): the new config's labels are
         checked first; a refused config changes nothing and its status is the RPC's status.
 
-        Relative base paths resolve against the server's working directory, as in TF Serving
-        without --model_config_list_root_dir. A config file polled for changes replaces this
-        config when the file changes next.
+        Base paths must be absolute unless the server has --model_config_list_root_dir, as in
+        TF Serving. A config file polled for changes replaces this config when the file
+        changes next.
         """
         origin = "HandleReloadConfigRequest"
         try:
@@ -245,7 +244,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 raise ConfigError("ServerModelConfig type not supported by "
                                   "HandleReloadConfigRequest. Only ModelConfigList is currently "
                                   "supported")
-            self.registry.reload_config(sources_from_proto(request.config, origin, Path.cwd()),
+            self.registry.reload_config(sources_from_proto(request.config, origin,
+                                                   self.registry.config_root),
                                         origin)
         except ConfigError as error:
             code = grpc.StatusCode.FAILED_PRECONDITION if isinstance(error, VersionLabelError) \

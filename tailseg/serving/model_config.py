@@ -68,8 +68,13 @@ def write_model_config(path: str | Path, sources: list[ModelSource]) -> Path:
     return write_atomically(path, text_format.MessageToString(to_proto(sources)))
 
 
-def read_model_config(path: str | Path) -> list[ModelSource]:
-    """Parse a models.config; relative base paths resolve against the file's folder.
+def is_absolute_uri(path: str) -> bool:
+    """Not TF Serving's UriIsRelativePath: a URI with a scheme, or an absolute path."""
+    return "://" in path or path.startswith("/")
+
+
+def read_model_config(path: str | Path, root_dir: str | None = None) -> list[ModelSource]:
+    """Parse a models.config (see sources_from_proto for root_dir and what is refused).
 
     Raises:
         ConfigError: unreadable file, bad text proto, or a config sources_from_proto refuses.
@@ -83,24 +88,39 @@ def read_model_config(path: str | Path) -> list[ModelSource]:
     except (OSError, text_format.ParseError) as error:
         raise ConfigError(f"{path}: not a readable ModelServerConfig text proto ({error})") \
             from error
-    return sources_from_proto(config, str(path), path.parent)
+    return sources_from_proto(config, str(path), root_dir)
 
 
-def sources_from_proto(config, origin: str, root: Path) -> list[ModelSource]:
+def sources_from_proto(config, origin: str, root_dir: str | None = None) -> list[ModelSource]:
     """The models of a ModelServerConfig proto (a file's, or a HandleReloadConfigRequest's).
+
+    As server_core.cc's ValidateModelConfigList: a model may be listed once, and base paths
+    must be absolute paths or URIs unless the server has --model_config_list_root_dir
+    (root_dir), against which relative ones then resolve (UpdateModelConfigListRelativePaths).
 
     Args:
         origin: where the config came from, named in errors.
-        root: the folder relative base paths resolve against.
 
     Raises:
-        ConfigError: no model_config_list, an empty one, a platform other than tensorflow, or a
-            label naming a version the specific policy does not serve.
+        ConfigError: no model_config_list, an empty one, a model listed twice, a relative base
+            path without root_dir, a platform other than tensorflow, or a label naming a
+            version the specific policy does not serve.
     """
     if config.WhichOneof("config") != "model_config_list":
         raise ConfigError(f"{origin}: expected a model_config_list")
+    entries = config.model_config_list.config
+    names = [entry.name for entry in entries]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{origin}: Illegal to list model {name}, multiple times in "
+                              "config list")
+    for entry in entries:
+        if root_dir is None and not is_absolute_uri(entry.base_path):
+            raise ConfigError(f"{origin}: Expected model {entry.name} to have an absolute path "
+                              f"or URI; got base_path()={entry.base_path} (TF Serving resolves "
+                              "relative ones only with --model_config_list_root_dir)")
     sources = []
-    for entry in config.model_config_list.config:
+    for entry in entries:
         if entry.model_platform not in ("", "tensorflow"):
             raise ConfigError(f"{origin}: model {entry.name!r}: platform "
                               f"{entry.model_platform!r} is not supported; use 'tensorflow'")
@@ -108,7 +128,8 @@ def sources_from_proto(config, origin: str, root: Path) -> list[ModelSource]:
         policy = entry.model_version_policy
         kind = policy.WhichOneof("policy_choice") or "latest"
         source = ModelSource(
-            name=entry.name, base_path=base if base.is_absolute() else root / base,
+            name=entry.name, base_path=base if is_absolute_uri(entry.base_path)
+            else Path(root_dir) / base,
             policy=kind, num_versions=policy.latest.num_versions or 1,
             versions=tuple(policy.specific.versions), labels=dict(entry.version_labels))
         if kind == "specific" and not set(source.labels.values()) <= set(source.versions):

@@ -54,6 +54,7 @@ class ModelRegistry:
     load_retry_interval: float = 60.0  # seconds; TF Serving's default is 1 minute
     poll_config: bool = True  # re-read config_file when it changes
     allow_labels_for_unavailable: bool = False  # --allow_version_labels_for_unavailable_models
+    config_root: str | None = None  # --model_config_list_root_dir
     on_load_attempt: Callable[[str, str], None] = lambda path, status: None
     loaded: dict[str, dict[int, LoadedVersion]] = field(default_factory=dict)
     states: dict[str, dict[int, VersionState]] = field(default_factory=dict)
@@ -77,7 +78,7 @@ class ModelRegistry:
                 mtime = self.config_file.stat().st_mtime
                 if mtime != self._config_mtime:
                     try:
-                        self.apply_config(read_model_config(self.config_file),
+                        self.apply_config(read_model_config(self.config_file, self.config_root),
                                           str(self.config_file))
                         self._config_mtime = mtime
                     except ConfigError as error:

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from tailseg.config import Strict
 from tailseg.errors import ConfigError
-from tailseg.serving.model_config import ModelSource
+from tailseg.serving.model_config import ModelSource, is_absolute_uri
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class ServeConfig(Strict):
     model_base_path: str | None = None
     model_name: str = Field("tailseg", pattern=r"^[A-Za-z0-9_.-]+$")
     model_config_file: str | None = None
+    model_config_list_root_dir: str | None = None
     host: str = "127.0.0.1"
     rest_port: int | None = Field(8501, ge=0, le=65535)
     grpc_port: int | None = Field(8500, ge=0, le=65535)
@@ -72,6 +73,11 @@ class ServeConfig(Strict):
             # model_servers/server.cc refuses this combination the same way.
             raise ValueError("batching_parameters_file is set without setting enable_batching "
                              "to true")
+        if self.model_config_list_root_dir is not None and \
+                not is_absolute_uri(self.model_config_list_root_dir):
+            # server_core.cc's words for the same refusal
+            raise ValueError("Expected non-empty absolute path or URI; got "
+                             f"model_config_list_root_dir={self.model_config_list_root_dir}")
         if self.rest_port is None and self.grpc_port is None:
             raise ValueError("both APIs are disabled; give a gRPC or a REST port")
         return self
@@ -79,6 +85,11 @@ class ServeConfig(Strict):
 
 def build_registry(config: ServeConfig, metrics=None):
     """The registry with its first versions loaded. Paths are checked before TF is imported."""
+    if config.model_base_path is not None and not is_absolute_uri(config.model_base_path):
+        # main.cc puts the flag into a one-model config, which ValidateModelConfigList checks
+        raise ConfigError(f"Failed to start server. Error: Expected model {config.model_name} "
+                          "to have an absolute path or URI; got base_path()="
+                          f"{config.model_base_path}")
     if config.model_config_file is not None:
         path = Path(config.model_config_file)
         if not path.is_file():
@@ -90,12 +101,13 @@ def build_registry(config: ServeConfig, metrics=None):
 
     config_file = Path(config.model_config_file) if config.model_config_file else None
     sources = [] if config_file else [
-        ModelSource(config.model_name, Path(config.model_base_path).resolve())]
+        ModelSource(config.model_name, Path(config.model_base_path))]
     registry = ModelRegistry(sources, config_file, config.max_num_load_retries,
                              config.load_retry_interval_seconds,
                              poll_config=config.config_poll_seconds != 0,
                              allow_labels_for_unavailable=(
-                                 config.allow_version_labels_for_unavailable_models))
+                                 config.allow_version_labels_for_unavailable_models),
+                             config_root=config.model_config_list_root_dir)
     if metrics is not None:
         registry.on_load_attempt = lambda path, status: metrics.load_attempts.labels(
             path, status).inc()
