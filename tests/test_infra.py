@@ -160,17 +160,42 @@ def test_network_policy_admits_pods_with_only_the_documented_client_label(render
         assert selector_matches(kinds[kind]["spec"]["selector"], pod_labels)
 
 
-def test_model_server_starts_and_stays_up_without_a_model(rendered):
-    # TF Serving answers /v1/models/<name>/metadata only once a version is AVAILABLE (404
-    # before). A startup or liveness probe on it restarts a staging server that waits for its
-    # first export in a loop; only readiness may depend on the model.
-    container = _by_kind(rendered[1])["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"].startswith("/v1/models/tailseg")
+def test_model_server_waits_for_a_version_then_starts_and_stays_up(rendered, tmp_path):
+    # tensorflow_model_server opens no port until the newest version of every model is
+    # AVAILABLE (server.cc after ServerCore::Create; `tailseg serve` does the same, tested in
+    # test_serving_operations.py): a startup probe would restart a staging server that waits
+    # for its first export in a loop. An init container of the same image waits for a version
+    # directory under every base path of the models.config; its script is run here.
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    kinds = _by_kind(rendered[1])
+    spec = kinds["Deployment"]["spec"]["template"]["spec"]
+    (server,), (wait,) = spec["containers"], spec["initContainers"]
+    assert wait["image"] == server["image"] and wait["command"] == ["/bin/sh", "-c"]
+    mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
+    assert {m["name"]: m["mountPath"] for m in wait["volumeMounts"]} == {"models": "/models"}
+    assert mounts["models"] == "/models"
+    config = text_format.Parse(kinds["ConfigMap"]["data"]["models.config"],
+                               model_server_config_pb2.ModelServerConfig())
+    script = wait["args"][0]
+    for model in config.model_config_list.config:
+        assert f"ls -d {model.base_path}/[0-9]*" in script, model.base_path
+        local = tmp_path / model.base_path.lstrip("/")
+        local.mkdir(parents=True)
+        here = script.replace(" /models/", f" {tmp_path}/models/")
+        for blocker in (".3.staging", "latest"):  # not versions: it keeps waiting
+            (local / blocker).mkdir()
+        with pytest.raises(subprocess.TimeoutExpired):
+            subprocess.run(["/bin/sh", "-c", here], capture_output=True, timeout=2)
+        (local / "3").mkdir()
+        assert subprocess.run(["/bin/sh", "-c", here], timeout=10).returncode == 0
+    assert server["readinessProbe"]["httpGet"]["path"].startswith("/v1/models/tailseg")
     for probe in ("startupProbe", "livenessProbe"):
-        path = container[probe]["httpGet"]["path"]
+        path = server[probe]["httpGet"]["path"]
         assert not path.startswith("/v1/models"), f"{probe} depends on a loaded model"
         assert path == "/monitoring/prometheus/metrics"  # served whatever the model state
-    monitoring = _by_kind(rendered[1])["ConfigMap"]["data"]["monitoring.config"]
+    monitoring = kinds["ConfigMap"]["data"]["monitoring.config"]
     assert 'path: "/monitoring/prometheus/metrics"' in monitoring
 
 

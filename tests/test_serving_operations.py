@@ -422,3 +422,43 @@ def test_a_closed_connections_slot_is_free_before_the_client_sees_the_close():
         server.shutdown()
         server.server_close()
     assert sum(not answer.startswith(b"HTTP/1.1 200") for answer in answers) == 0
+
+
+def test_no_port_opens_before_the_first_version_is_available(version_dir, tmp_path):
+    # server.cc starts the gRPC and HTTP servers only after ServerCore::Create, which waits
+    # (ConnectSourcesWithFastInitialLoad) for the newest version of every model: with none on
+    # disk it keeps polling, so a Kubernetes probe sees no port (docs/kubernetes.md).
+    base = tmp_path / "tailseg"
+    base.mkdir()
+    started = []
+    thread = threading.Thread(target=lambda: started.append(start_server(ServeConfig(
+        model_base_path=str(base), rest_port=0, grpc_port=0, poll_seconds=0.2))), daemon=True)
+    thread.start()
+    thread.join(2.0)
+    assert thread.is_alive() and not started, "the server started with no version"
+    shutil.copytree(version_dir, base / "1")
+    thread.join(60)
+    (server,) = started
+    try:
+        status = get_json(f"http://127.0.0.1:{server.rest_port}/v1/models/tailseg")
+        assert [v["state"] for v in status["model_version_status"]] == ["AVAILABLE"]
+    finally:
+        server.stop()
+
+
+def test_a_first_version_that_fails_to_load_ends_the_start_up(version_dir, tmp_path):
+    # load_servables_fast.cc: "Some models did not become available" once the newest version
+    # is END; main.cc then exits ("Failed to start server"). An older good version does not
+    # save the start: the newest is the one waited for.
+    base = tmp_path / "tailseg"
+    shutil.copytree(version_dir, base / "1")
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_bytes(b"\x08\x01 not a SavedModel \xff\xff")
+    with pytest.raises(ConfigError, match=r"Failed to start server. Error: Some models did not "
+                                          r"become available: \{tailseg version 2: .*Decode"):
+        start_server(ServeConfig(model_base_path=str(base), rest_port=0, grpc_port=0,
+                                 poll_seconds=0.2, max_num_load_retries=1,
+                                 load_retry_interval_seconds=0.1))
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        launch_server([f"--model_base_path={base}", "--max_num_load_retries=0"],
+                      tmp_path / "cli", timeout=90)

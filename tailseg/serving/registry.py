@@ -118,10 +118,12 @@ class ModelRegistry:
             for name in set(self.loaded) - {s.name for s in self.sources}:
                 self._unload(name, list(self.loaded[name]))
 
-    def _refresh_model(self, source: ModelSource) -> None:
+    def _refresh_model(self, source: ModelSource, scan: bool = True) -> None:
         # Like TF Serving's file-system source: every integer directory is a version, complete
-        # or not; an incomplete one fails to load and is retried.
-        wanted = source.select(existing_versions(source.base_path))
+        # or not; an incomplete one fails to load and is retried. Without scan, only the
+        # versions already seen are (re)tried.
+        wanted = source.select(existing_versions(source.base_path) if scan else
+                               list(self.states.get(source.name, {})))
         states = self.states.setdefault(source.name, {})
         for version in wanted:
             state = states.get(version)
@@ -213,6 +215,44 @@ class ModelRegistry:
             raise ServingRequestError(f"Could not find any versions of model {name}",
                                       "NOT_FOUND")
         return states
+
+    def wait_for_initial_load(self, poll_seconds: float, interval: float = 0.1) -> None:
+        """Return once every model's newest selected version is AVAILABLE.
+
+        tensorflow_model_server opens no port before this (ServerCore::Create waits in
+        ConnectSourcesWithFastInitialLoad for ServableRequest::Latest of every model): with no
+        version on disk it waits, polling, for one; a failed load is retried as usual.
+
+        Raises:
+            ConfigError: the newest version failed its last load attempt; the server exits
+                ("Some models did not become available").
+        """
+        warned: set[str] = set()
+        while True:
+            pending = False
+            for source in self.sources:
+                wanted = source.select(existing_versions(source.base_path))
+                state = self.states.get(source.name, {}).get(wanted[-1]) if wanted else None
+                if not wanted:
+                    if source.name not in warned:  # file_system_storage_path_source.cc's words
+                        logger.warning("No versions of servable %s found under base path %s",
+                                       source.name, source.base_path)
+                        warned.add(source.name)
+                    pending = True
+                elif state is None or state.state == "LOADING":
+                    pending = True
+                elif state.state == "END":
+                    raise ConfigError(
+                        "Failed to start server. Error: Some models did not become available: "
+                        f"{{{source.name} version {wanted[-1]}: {state.error}}}")
+            if not pending:
+                return
+            time.sleep(interval)
+            with self._config_lock:
+                # New version folders only with polling on (TF Serving's poll wait 0 scans
+                # once); load retries in any case.
+                for source in self.sources:
+                    self._refresh_model(source, scan=poll_seconds > 0)
 
     def ready(self) -> bool:
         with self._lock:

@@ -158,6 +158,9 @@ def start_server(config: ServeConfig) -> RunningServer:
             if config.batching_parameters_file else BatchingParameters()
     metrics = ServingMetrics()  # always counted; exposed only when monitoring is enabled
     registry = build_registry(config, metrics)
+    # No port opens before every model's newest version is AVAILABLE, as in TF Serving; a
+    # failed first load ends the start-up with its error.
+    registry.wait_for_initial_load(config.poll_seconds)
     import grpc
 
     from tailseg.serving.grpc_api import GRPC_MAX_MESSAGE_BYTES, ServingRuntime, add_servicers
