@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
+from tailseg import crossval
 from tailseg.cli import main
-from tailseg.crossval import assign_folds, fold_split
+from tailseg.config import RunConfig
+from tailseg.crossval import assign_folds, fold_split, run_fold
+from tailseg.dataset import load_chips, require_pairs
+from tailseg.sites import raster_row_areas
+from tailseg.tta import FLIPS
 from tests.rasters import make_dataset, write_mask
 
 IDS = [f"chip_{i:03d}" for i in range(99)]
@@ -120,3 +125,52 @@ def test_cv_command_refuses_masks_that_are_not_0_and_1(tmp_path, capsys, caplog)
     assert main(["cv", "--config", str(path), "--folds", "2", "--json", str(out)]) == 2
     assert "no usable chips" in capsys.readouterr().err and not out.exists()
     assert "chip_000.tif: uint16 mask holds values other than 0 and 1: [256]" in caplog.text
+
+
+class _RecordingRedBand:
+    """A predictor of fixed weights that keeps every image it is given: probability exactly
+    0.5 where the red band (B4) is above 0.15 reflectance (the synthetic chips' tailings),
+    0 elsewhere. Flip-equivariant, so test-time augmentation changes only what it sees."""
+
+    def __init__(self):
+        self.seen: list[np.ndarray] = []
+
+    def __call__(self, images):
+        self.seen.extend(np.array(images))
+        return np.where(images[..., 2:3] > 0.15, 0.5, 0.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_round_picks_its_threshold_on_validation_chips_and_tests_with_tta(tta, tmp_path,
+                                                                            monkeypatch):
+    # The round's model is trained for real; its predictions come from _RecordingRedBand, put
+    # where run_fold makes its predict function, so the test sees which chips are predicted.
+    # Rules: the threshold is swept on the validation chips only (never the test chips: that
+    # would leak), the test chips are predicted after; with tta, every chip is predicted in
+    # its four flips; and a probability exactly at the threshold is tailings, so each
+    # labelled site (at 0.5 where the threshold is 0.5) is found.
+    pairs = require_pairs(make_dataset(tmp_path / "data", n_chips=5, size=48, seed=4))
+    loaded, _ = load_chips(pairs)
+    chips = {chip.chip_id: chip for chip in loaded}
+    row_areas = {pair.chip_id: raster_row_areas(pair.mask) for pair in pairs}
+    ids = sorted(chips)
+    split = {"train": ids[:2], "val": ids[2:3], "test": ids[3:]}
+    config = RunConfig.model_validate({
+        "data": {"data_dir": str(tmp_path / "data")},
+        "model": {"base_filters": 2, "depth": 2, "dropout": 0.0},
+        "training": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "crop_size": 32,
+                     "verbose": 0},
+        "evaluation": {"sweep": [0.3, 0.5, 0.7], "batch_size": 8}})
+    predictor = _RecordingRedBand()
+    monkeypatch.setattr(crossval, "keras_predict", lambda model: predictor)
+    report, _, _ = run_fold(chips, row_areas, split, config, tta=tta)
+    flips = FLIPS if tta else ((),)
+    expected = [np.flip(chips[chip_id].image[None], axes)[0]
+                for part in ("val", "test") for axes in flips for chip_id in split[part]]
+    assert len(predictor.seen) == len(expected) == (4 if tta else 1) * 3
+    for seen, image in zip(predictor.seen, expected, strict=True):
+        np.testing.assert_array_equal(seen, image)
+    # 0.3 and 0.5 tie on validation IoU; the tie goes to 0.5, where the test pixels at 0.5
+    # are tailings and every labelled site is found.
+    assert report["threshold"] == 0.5 and report["iou"] > 0.9
+    assert report["sites"]["sites_found"] == report["sites"]["sites_labelled"] == 2

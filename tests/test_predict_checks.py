@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 
+import keras
 import numpy as np
 import pytest
 import rasterio
@@ -393,3 +394,35 @@ def test_a_threshold_outside_0_1_fails_the_cli_before_any_output(red_model, tmp_
     result = predict_scene(scene, elsewhere, tmp_path / "out",
                            CONFIG.model_copy(update={"threshold": 0.5}))
     np.testing.assert_array_equal(_mask(result), truth_mask())
+
+
+def test_a_pixel_missing_one_band_is_nodata_and_filled_before_a_model_with_context(tmp_path):
+    # B3 alone is nodata over a block: those pixels are nodata in the outputs (a pixel is
+    # valid only if every band is), and before inference all their bands are filled with the
+    # window's band means over the valid pixels. The model is a 3 x 3 convolution leaning on
+    # B3, so a neighbour that read the raw nodata value (0) would change the probability of
+    # the valid pixels around the block. One window covers the scene: its band means are the
+    # scene's.
+    dn = np.round(reflectance_scene(height=40, width=48) * 10000)
+    dn[1, 10:16, 12:20] = 0  # B3 only; B2 and B4 stay valid
+    path = write_image(tmp_path / "partial.tif", dn, "uint16", nodata=0, crs=UTM,
+                       transform=from_origin(500000, 7776000, 10, 10))
+    inputs = keras.Input((None, None, 3))
+    layer = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")
+    model = keras.Model(inputs, layer(inputs))
+    kernel = np.zeros((3, 3, 3, 1), np.float32)
+    kernel[:, :, 1], kernel[:, :, 2] = 30.0, 10.0
+    layer.set_weights([kernel, np.array([-20.0], np.float32)])
+    config = CONFIG.model_copy(update={"convention": "dn", "threshold": 0.5})
+    result = predict_scene(path, lambda images: model.predict(images, verbose=0),
+                           tmp_path / "out", config)
+    valid = np.ones((40, 48), bool)
+    valid[10:16, 12:20] = False
+    filled = np.moveaxis(dn, 0, -1).astype(np.float32) / 10000
+    filled[~valid] = filled[valid].mean(axis=0)
+    expected = model.predict(filled[None], verbose=0)[0, ..., 0]
+    probability, mask = _read(result.outputs["probability"]), _mask(result)
+    assert result.valid_pixels == valid.sum()
+    assert np.isnan(probability[~valid]).all() and (mask[~valid] == 255).all()
+    np.testing.assert_allclose(probability[valid], expected[valid], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mask[valid], expected[valid] >= 0.5)

@@ -100,6 +100,29 @@ def test_best_weights_keeps_pick_epochs_choice_and_falls_back_to_any_epoch(resto
     assert model.layers[0].get_weights()[0][0, 0] == kept  # that epoch's weights restored
 
 
+def test_best_weights_does_not_stop_on_an_early_peak_before_restore_from():
+    # Patience 1, the validation peak at epoch 0 (a quarter into the decay), restore_from 0.75:
+    # epochs 1 and 2 are worse than the peak but count for nothing until the decay is 75 %
+    # done, so the run reaches epoch 2 (the first candidate) and stops one epoch after it.
+    from tailseg.train import _BestWeights
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    progress = _Progress()
+    callback = _BestWeights(progress, restore_from=0.75, patience=1)
+    callback.set_model(model)
+    model.stop_training = False
+    stopped_after = []
+    for epoch, (value, done) in enumerate(zip([0.9, 0.2, 0.3, 0.3], [0.25, 0.5, 0.75, 1.0],
+                                              strict=True)):
+        progress.epoch_progress = done
+        callback.on_epoch_end(epoch, {"val_iou": value})
+        if model.stop_training:
+            stopped_after.append(epoch)
+            model.stop_training = False
+    assert stopped_after == [3]
+    assert callback.best_epoch == 2
+
+
 def _constant_head_run(tmp_path, epochs: int, restore_from: float, patience: int):
     train, _ = load_chips(require_pairs(make_dataset(tmp_path / "a", n_chips=2, size=32, seed=1)))
     val, _ = load_chips(require_pairs(make_dataset(tmp_path / "b", n_chips=1, size=32, seed=2)))
@@ -234,47 +257,41 @@ class _WeightLog(keras.callbacks.Callback):
 
 
 def test_weight_average_is_what_is_validated_and_kept(tmp_path):
-    # One step per epoch, momentum 0.5: the average after step t is 0.5 * the average after
-    # step t - 1 + 0.5 * the raw weights after step t (the raw weights after step 1). Validation
-    # sees that average, not the raw weights; the kept model is the best epoch's average, and
-    # the next epoch trains on from the raw weights.
+    # One step per epoch, momentum 0.9: the average after step t is 0.9 * the average after
+    # step t - 1 + 0.1 * the raw weights after step t (the raw weights after step 1). A
+    # momentum away from 0.5 tells that rule from its mirror image (0.1 * average + 0.9 *
+    # raw), in the optimizer's average and in the batch-normalisation one. Validation sees
+    # that average, not the raw weights; the kept model is the best epoch's average, and the
+    # next epoch trains on from the raw weights.
+    momentum = 0.9
     train, _ = load_chips(require_pairs(make_dataset(tmp_path / "a", n_chips=2, size=32, seed=1)))
     val, _ = load_chips(require_pairs(make_dataset(tmp_path / "b", n_chips=1, size=32, seed=2)))
     config = TrainConfig(epochs=4, steps_per_epoch=1, batch_size=2, crop_size=32, verbose=0,
-                         learning_rate=0.05, weight_average=0.5)
+                         learning_rate=0.05, weight_average=momentum)
     log = _WeightLog()
     result = train_model(train, val, ModelConfig(base_filters=2, depth=2, dropout=0), config,
                          extra_callbacks=[log])
-    raw, validated = log.raw, log.validated
-    assert len(raw) == len(validated) == 4
-    average = raw[0]
-    for step in range(4):
-        if step:
-            average = 0.5 * average + 0.5 * raw[step]
-            assert not np.allclose(validated[step], raw[step])  # the average, not the raw
-        np.testing.assert_allclose(validated[step], average, rtol=1e-5, atol=1e-7)
-        # Training goes on from the raw weights, not from the average validated last.
-        if step:
-            # (up to the rounding of the in-place swap's adds and subtracts)
-            np.testing.assert_allclose(log.start[step], raw[step - 1], rtol=1e-6, atol=1e-7)
+    for raw, validated, start, kept in (
+            (log.raw, log.validated, log.start,
+             result.model.get_layer("probability").get_weights()[0]),
+            (log.raw_statistics, log.validated_statistics, log.start_statistics,
+             np.concatenate([result.model.get_layer("dec0_bn2").moving_mean.numpy(),
+                             result.model.get_layer("dec0_bn2").moving_variance.numpy()]))):
+        assert len(raw) == len(validated) == 4
+        averages = [raw[0]]
+        for step in range(1, 4):
+            averages.append(momentum * averages[-1] + (1 - momentum) * raw[step])
+        for step in range(4):
+            np.testing.assert_allclose(validated[step], averages[step], rtol=1e-5, atol=1e-7)
+            if step:
+                assert not np.allclose(validated[step], raw[step])  # the average, not the raw
+                # Training goes on from the raw weights, not from the average validated last
+                # (up to the rounding of the in-place swap's adds and subtracts).
+                np.testing.assert_allclose(start[step], raw[step - 1], rtol=1e-6, atol=1e-7)
             if step > 1:
-                assert not np.allclose(log.start[step], validated[step - 1])
-    kept = result.model.get_layer("probability").get_weights()[0]
-    np.testing.assert_allclose(kept, validated[result.best_epoch - 1], rtol=1e-6)
-    assert result.info["weight_average"] == 0.5
-    # The batch-normalisation statistics are averaged the same way and swapped with the
-    # weights: averaged convolutions are validated and kept with averaged statistics.
-    raw, validated = log.raw_statistics, log.validated_statistics
-    average = raw[0]
-    for step in range(4):
-        if step:
-            average = 0.5 * average + 0.5 * raw[step]
-            assert not np.allclose(validated[step], raw[step])
-            np.testing.assert_allclose(log.start_statistics[step], raw[step - 1], rtol=1e-6)
-        np.testing.assert_allclose(validated[step], average, rtol=1e-5, atol=1e-7)
-    layer = result.model.get_layer("dec0_bn2")
-    kept = np.concatenate([layer.moving_mean.numpy(), layer.moving_variance.numpy()])
-    np.testing.assert_allclose(kept, validated[result.best_epoch - 1], rtol=1e-6)
+                assert not np.allclose(start[step], validated[step - 1])
+        # The kept model is the rule's average at the best epoch: weights and statistics.
+        np.testing.assert_allclose(kept, averages[result.best_epoch - 1], rtol=1e-5, atol=1e-7)
 
 
 def test_keras_averages_only_trainable_weights_so_batch_statistics_need_their_own_average():
