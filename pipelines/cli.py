@@ -122,6 +122,36 @@ def _add_stack(subparsers) -> None:
                         before=_quiet_zenml_to_register)
 
 
+def check_configuration_keys(stacks) -> None:
+    """Refuse configuration keys the component's flavor does not define.
+
+    ZenML's component configs drop unknown keys (extra="ignore", e.g. the s3 artifact store) or
+    keep them unused (extra="allow", e.g. the kubernetes orchestrator), so a misspelt key would
+    register without error and change nothing. Flavors ZenML does not ship are left to ZenML.
+
+    Raises:
+        TailsegError: naming the stack, the component and the unknown keys.
+    """
+    from zenml.stack.flavor_registry import FlavorRegistry
+
+    registry = FlavorRegistry()
+    flavors = {(flavor.type.value, flavor.name): flavor for flavor in
+               (cls() for cls in registry.builtin_flavors + registry.integration_flavors)}
+    for stack in stacks:
+        for kind, (component,) in stack.components.items():
+            flavor = flavors.get((kind, component.flavor))
+            if flavor is None:
+                continue
+            fields = flavor.config_class.model_fields
+            known = set(fields) | {field.alias for field in fields.values() if field.alias}
+            unknown = sorted(set(component.configuration) - known)
+            if unknown:
+                raise TailsegError(
+                    f"stack {stack.stack_name!r}: {kind} {component.name!r} ({component.flavor})"
+                    f" has unknown configuration keys {unknown}; the flavor takes "
+                    f"{sorted(fields)}")
+
+
 def _stack(args) -> int:
     from tailseg.stacks import STACK_DIR, load_stacks
 
@@ -133,6 +163,7 @@ def _stack(args) -> int:
     if args.action == "show":
         print(json.dumps({name: stack.model_dump() for name, stack in chosen.items()}, indent=2))
         return 0
+    check_configuration_keys(chosen.values())
     from zenml.client import Client
 
     client = Client()

@@ -329,6 +329,29 @@ def test_stack_configurations_validate_with_zenml_flavors():
             flavor.config_class.model_validate(component.configuration)
 
 
+def test_stack_registration_refuses_keys_the_flavor_does_not_define(tmp_path):
+    # model_validate above cannot catch a misspelt key: ZenML's component configs drop
+    # unknown keys (extra="ignore") or keep them unused (extra="allow"); see both below.
+    from zenml.integrations.kubernetes.flavors import KubernetesOrchestratorConfig
+    from zenml.integrations.s3.flavors import S3ArtifactStoreConfig
+
+    from pipelines.cli import check_configuration_keys
+    from tailseg.errors import TailsegError
+
+    assert S3ArtifactStoreConfig.model_config["extra"] == "ignore"
+    assert KubernetesOrchestratorConfig.model_config["extra"] == "allow"
+    stacks = load_stacks(environ={})
+    check_configuration_keys(stacks.values())  # the project's stacks: no unknown key
+    broken = yaml.safe_load((ROOT / "infra/zenml/kubernetes.yaml").read_text())
+    orchestrator = broken["components"]["orchestrator"][0]["configuration"]
+    orchestrator["kubernetes_contxt"] = orchestrator.pop("kubernetes_context", "ctx")
+    path = tmp_path / "kubernetes.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(TailsegError, match=r"orchestrator .*\(kubernetes\) has unknown "
+                                           r"configuration keys \['kubernetes_contxt'\]"):
+        check_configuration_keys([load_stack(path, {"TAILSEG_BUCKET": "b"})])
+
+
 def test_stack_environment_substitution_and_remote_rules(tmp_path):
     stack = load_stack(ROOT / "infra/zenml/kubernetes.yaml", {"TAILSEG_BUCKET": "mine"})
     assert stack.component("artifact_store").configuration["path"] == "s3://mine/zenml"
