@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tailseg import cli, runtime
-from tailseg.cli import _write_json
+from tailseg.cli import _check_outputs, _write_json
 from tailseg.errors import TailsegError
 
 
@@ -43,6 +43,8 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--json", dest="json_out", default=None, metavar="PATH",
                         help="Write the run summary JSON here (it goes to stdout too when "
                              "stdout is not a terminal)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing --json file")
     parser.set_defaults(handler=_run, before=_quiet_zenml)
 
 
@@ -91,6 +93,9 @@ def _run_report(summary: dict) -> str:
 def _run(args) -> int:
     from pipelines.runner import run_pipeline
 
+    # Checked before the pipeline runs: a 20-minute run must not end on a refused file.
+    _check_outputs([("--json", args.json_out)], args.overwrite,
+                   {"configuration": args.config, "overlay": args.overlay})
     summary = run_pipeline(args.pipeline, args.config, args.overlay)
     if args.json_out:
         _write_json(summary, args.json_out)

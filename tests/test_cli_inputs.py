@@ -229,3 +229,17 @@ def test_an_existing_plot_is_refused_before_the_json_is_written(setup, tmp_path,
                     "--overwrite") == 0
     assert sorted(p.name for p in plots.iterdir()) == [
         "best_test_chips.png", "precision_recall_curve.png", "worst_test_chips.png"]
+
+
+def test_run_refuses_an_existing_summary_file_before_the_pipeline_starts(tmp_path, capsys):
+    from pipelines.cli import main as tailseg_main
+
+    summary = tmp_path / "summary.json"
+    summary.write_text("{}")
+    # No ZenML run starts: the check comes first (a missing config would fail later).
+    assert tailseg_main(["run", "--config", str(tmp_path / "absent.yaml"),
+                         "--json", str(summary)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert summary.read_text() == "{}"
+    assert tailseg_main(["run", "--config", str(tmp_path / "zenml.yaml"),
+                         "--json", str(tmp_path / "zenml.yaml")]) == 2
