@@ -405,6 +405,10 @@ def _change(args) -> int:
               if path.suffix.lower() in (".tif", ".tiff")}
     sites = {key: path for key, path in inputs.items() if key not in scenes}
     written: list[Path] = []
+    # Folders this run may create (out/before, out/after, out and its missing parents), to
+    # take back on failure when empty.
+    created = [folder for folder in (*(out / key for key in scenes), out, *out.absolute().parents)
+               if not folder.exists()]
     if scenes:
         from tailseg.change import read_sites
         from tailseg.predict import check_scene, load_model, predict_scene
@@ -430,6 +434,11 @@ def _change(args) -> int:
         if not args.overwrite:  # with --overwrite an earlier output may have been replaced
             for path in written:
                 path.unlink(missing_ok=True)
+        for folder in created:  # deepest first; a folder something else wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
         raise
     print(json.dumps(summary, indent=2))
     return 0

@@ -249,7 +249,10 @@ def test_cli_change_of_two_scenes_checks_both_before_predicting_either(utm_scene
     corrupt = corrupt_tile(wide, tmp_path / "corrupt.tif", column=4)
     assert main(["change", str(path), str(corrupt), "--out", str(out), *options]) == 2
     assert "corrupt.tif: pixels of Window" in capsys.readouterr().err
-    assert list(out.rglob("*.tif")) == [] and list(out.rglob("*.geojson")) == []
+    assert list(out.rglob("*")) == []  # outputs and the before/ after/ folders it made
+    out.rmdir()
+    assert main(["change", str(path), str(corrupt), "--out", str(out / "new"), *options]) == 2
+    assert not out.exists()  # nor the --out folder and the parent this run created
     assert main(["change", str(path), str(path), "--out", str(out), *options]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["counts"] == {"unchanged": len(SQUARES)}
