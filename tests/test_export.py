@@ -12,6 +12,7 @@ from tailseg.config import ModelConfig
 from tailseg.errors import ExportError, ModelFormatError
 from tailseg.export import (
     export_model,
+    next_version,
     serving_function,
     staged_directories,
     staged_directory,
@@ -166,3 +167,18 @@ def test_serving_function_passes_pixels_through_and_pads_with_the_mean(size):
         lambda x: x - keras.ops.mean(x, axis=(1, 2), keepdims=True))(inputs))
     out = serving_function(centred, multiple=16)(tf.constant(image))["probability"].numpy()
     np.testing.assert_allclose(out, image - image.mean(axis=(1, 2), keepdims=True), atol=2e-6)
+
+
+def test_the_next_version_is_one_past_the_largest_of_serving_and_onnx(tmp_path):
+    # A version lives in both bases; one that survives in only one (a half-cleaned volume)
+    # is still taken. Gaps are not refilled: the next is past the largest, not the count.
+    serving, onnx = tmp_path / "serving" / "tailseg", tmp_path / "onnx" / "tailseg"
+    assert next_version(serving, onnx) == 1
+    for base, versions in ((serving, [1, 3]), (onnx, [1, 3, 5])):
+        for version in versions:
+            (base / str(version)).mkdir(parents=True)
+    (serving / "7.staging").mkdir()  # not a version
+    assert next_version(serving, onnx) == 6
+    assert next_version(onnx, serving) == 6
+    (serving / "8").mkdir()
+    assert next_version(serving, onnx) == 9

@@ -426,3 +426,19 @@ def test_a_pixel_missing_one_band_is_nodata_and_filled_before_a_model_with_conte
     assert np.isnan(probability[~valid]).all() and (mask[~valid] == 255).all()
     np.testing.assert_allclose(probability[valid], expected[valid], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(mask[valid], expected[valid] >= 0.5)
+
+
+def test_a_probability_exactly_at_the_threshold_is_tailings(tmp_path):
+    # One window (no blending to round the values): the predictor gives exactly 0.5 on the
+    # bright squares and 0.25 elsewhere; at threshold 0.5 the squares are tailings.
+    path = write_image(tmp_path / "scene.tif", np.round(reflectance_scene(height=40, width=48)
+                                                        * 10000), "uint16", nodata=0, crs=UTM,
+                       transform=from_origin(500000, 7776000, 10, 10))
+    config = CONFIG.model_copy(update={"convention": "dn", "threshold": 0.5})
+    result = predict_scene(path, lambda images: np.where(images[..., 2:] > 0.15, 0.5, 0.25),
+                           tmp_path / "out", config)
+    truth = truth_mask(height=40, width=48)
+    assert truth.any()
+    assert (_read(result.outputs["probability"])[truth == 1] == 0.5).all()
+    np.testing.assert_array_equal(_mask(result), truth)
+    assert result.n_sites == 1

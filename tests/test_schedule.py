@@ -27,9 +27,19 @@ NOW = datetime(2026, 11, 26, 19, 0)  # a Thursday
     # Both day fields restricted: either matches (the 1st, or a Sunday).
     ("0 0 1 * sun", [datetime(2026, 11, 29), datetime(2026, 12, 1)]),
     ("30 2 1,15 jan-mar ?", [datetime(2027, 1, 1, 2, 30), datetime(2027, 1, 15, 2, 30)]),
+    # A single value with a step runs to the field's end: minutes 5, 20, 35 and 50.
+    ("5/15 19 * * *", [datetime(2026, 11, 26, 19, 5), datetime(2026, 11, 26, 19, 20)]),
+    # Strictly after NOW (19:00 on the 26th): a time equal to it is not the next.
+    ("0 19 * * *", [datetime(2026, 11, 27, 19), datetime(2026, 11, 28, 19)]),
 ])
 def test_kubernetes_cron_fires_when_expected(expression, expected):
     assert parse_cron(expression).next_times(NOW, 2) == expected
+
+
+def test_a_stepped_single_value_runs_to_the_end_of_the_field():
+    assert parse_cron("5/15 * * * *").minutes == {5, 20, 35, 50}
+    assert parse_cron("5/15 * * * *").next_times(NOW, 4) == [
+        datetime(2026, 11, 26, 19, minute) for minute in (5, 20, 35, 50)]
 
 
 def test_kubeflow_cron_has_seconds_first():

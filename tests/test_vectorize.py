@@ -8,10 +8,10 @@ import pytest
 import shapely
 from rasterio.transform import from_origin
 
-from tailseg.change import compare_sites, detect_change, read_sites
+from tailseg.change import _status, compare_sites, detect_change, read_sites
 from tailseg.config import ChangeConfig
 from tailseg.errors import VectorReadError
-from tailseg.vectorize import polygonize, write_geojson
+from tailseg.vectorize import geodesic_area_ha, polygonize, write_geojson
 from tests.rasters import write_image, write_mask
 
 # WGS84 ellipsoid, for areas computed independently of pyproj.
@@ -199,3 +199,45 @@ def test_change_ignores_specks_below_the_minimum_area(tmp_path):
     everything = compare_sites(read_sites(before), read_sites(after),
                                ChangeConfig(min_area_ha=0))
     assert sum(f["properties"]["status"] != "unchanged" for f in everything) == 3
+
+
+def test_a_site_exactly_at_the_minimum_area_is_kept(tmp_path):
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:25] = 1
+    path = write_mask(tmp_path / "mask.tif", mask, crs="EPSG:32723",
+                      transform=from_origin(500000, 7776000, 10, 10))
+    (site,) = polygonize(path)
+    assert [s.area_ha for s in polygonize(path, min_area_ha=site.area_ha)] == [site.area_ha]
+    assert polygonize(path, min_area_ha=site.area_ha * (1 + 1e-9)) == []
+
+
+def test_sites_that_only_share_an_edge_are_not_one_group():
+    # A site gone and a new one beside it, sharing an edge (zero overlap area): two changes,
+    # not one site that moved. A real overlap still makes one group.
+    before = shapely.box(-44.12, -20.12, -44.11, -20.11)
+    beside = shapely.box(-44.11, -20.12, -44.10, -20.11)
+    statuses = sorted(f["properties"]["status"] for f in compare_sites([before], [beside]))
+    assert statuses == ["appeared", "disappeared"]
+    overlapping = shapely.box(-44.115, -20.12, -44.105, -20.11)
+    (feature,) = compare_sites([before], [overlapping])
+    assert feature["properties"]["status"] == "unchanged"
+    assert (feature["properties"]["before_ids"], feature["properties"]["after_ids"]) == ([1], [1])
+
+
+def test_a_site_exactly_at_the_change_minimum_area_counts():
+    site = shapely.box(-44.12, -20.12, -44.11, -20.11)
+    area = geodesic_area_ha(site)
+    (feature,) = compare_sites([], [site], ChangeConfig(min_area_ha=area))
+    assert feature["properties"]["status"] == "appeared"
+    assert compare_sites([], [site], ChangeConfig(min_area_ha=area * (1 + 1e-9))) == []
+
+
+def test_a_change_exactly_at_the_limits_is_unchanged():
+    # 10 % of 10 ha is 1 ha: a change of exactly 1 ha is within the limit; and so is one of
+    # exactly min_change_ha when that is the larger limit.
+    assert _status(10.0, 11.0, ChangeConfig(min_relative_change=0.1)) == "unchanged"
+    assert _status(10.0, 11.5, ChangeConfig(min_relative_change=0.1)) == "grew"
+    assert _status(10.0, 8.0, ChangeConfig(min_relative_change=0.1, min_change_ha=2.0)) == (
+        "unchanged")
+    assert _status(10.0, 7.5, ChangeConfig(min_relative_change=0.1, min_change_ha=2.0)) == (
+        "shrank")
