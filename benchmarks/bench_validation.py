@@ -75,7 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
-        runs = [cold_run(args.data, Path(folder) / "report.json") for _ in range(args.repeats)]
+        # A fresh report each run: `tailseg validate` refuses to replace an existing one.
+        runs = [cold_run(args.data, Path(folder) / f"report_{run}.json")
+                for run in range(args.repeats)]
     cold = [wall for wall, _ in runs]
     payload = {"data": str(args.data), "repeats": args.repeats,
                "cold_cli_s": statistics.median(cold), "cold_cli_runs_s": cold,
