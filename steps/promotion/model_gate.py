@@ -4,6 +4,7 @@ from zenml import get_step_context, log_metadata, step
 from zenml.client import Client
 from zenml.enums import ModelStages
 
+from steps.evaluation.model_evaluator import test_metadata
 from tailseg.config import RunConfig
 from tailseg.errors import ProductionModelError
 from tailseg.gate import Comparison, decide
@@ -51,6 +52,6 @@ def model_gate(test_metrics: dict, data_split: dict, config: RunConfig
                                        config)
     decision = decide(test_metrics, config.gate, comparison).as_dict()
     compared = {} if comparison is None else {"gate_compared_chips": len(comparison.chip_ids)}
-    log_metadata({"blessed": decision["blessed"], "gate_reasons": decision["reasons"],
-                  **compared}, infer_model=True)
+    log_metadata({**test_metadata(test_metrics), "blessed": decision["blessed"],
+                  "gate_reasons": decision["reasons"], **compared}, infer_model=True)
     return decision
