@@ -15,20 +15,29 @@ from tailseg.workflow import chips_for
 MODEL_CARD = "model_card.md"
 
 
+def new_version(export_dir: str, model_name: str, taken_versions: tuple[int, ...] = ()) -> int:
+    """One past every version under export_dir (serving and ONNX) and in taken_versions."""
+    from tailseg.export import next_version
+
+    local = next_version(f"{export_dir}/serving/{model_name}", f"{export_dir}/onnx/{model_name}")
+    return max(local, 1 + max(taken_versions, default=0))
+
+
 def publish_model(model: keras.Model, config: RunConfig, split: dict, metrics: dict,
-                  decision: dict, training: dict, zenml_version: str = "") -> tuple[dict, str]:
+                  decision: dict, training: dict, zenml_version: str = "",
+                  taken_versions: tuple[int, ...] = ()) -> tuple[dict, str]:
     """Export a new version if the gate blessed the model.
+
+    Args:
+        taken_versions: versions that exist elsewhere (the model repository a pod's local
+            export is copied to): the new version is past them too.
 
     Returns:
         (info, model card markdown); info["exported"] is False with the reasons when rejected,
         and nothing is written then.
     """
-    from tailseg.export import next_version
-
     export = config.export
-    serving_base = f"{export.export_dir}/serving/{export.model_name}"
-    onnx_base = f"{export.export_dir}/onnx/{export.model_name}"
-    version = next_version(serving_base, onnx_base)
+    version = new_version(export.export_dir, export.model_name, taken_versions)
     card = render_model_card(export.model_name, version if decision["blessed"] else "(rejected)",
                              {**config.model_dump(mode="json"),
                               "model": training.get("model", {}),

@@ -60,3 +60,41 @@ def test_a_recorded_export_is_reused_only_for_a_blessed_model(tmp_path):
     blessed = exporting(blessed=True, config=config)
     assert _export_info(blessed) == {**earlier, "reused": True}
     assert sorted(p.name for p in (export_dir / "serving" / "tailseg").iterdir()) == ["1"]
+
+
+def test_versions_in_the_model_repository_are_never_taken_again(tmp_path):
+    # A Kubeflow pod's export_dir is empty every run: without the repository's versions every
+    # export would be version 1, copied over the served one (io_utils.copy_dir overwrites
+    # file by file and deletes nothing).
+    from steps.export.model_exporter import copy_to_repository, repository_versions
+    from tailseg.errors import ExportError
+
+    repository = tmp_path / "repository"
+    assert repository_versions(str(repository), "tailseg") == []
+    for kind, version in (("serving", 1), ("serving", 3), ("onnx", 4)):
+        (repository / kind / "tailseg" / str(version)).mkdir(parents=True)
+    (repository / "serving" / "tailseg" / ".5.staging").mkdir()
+    assert repository_versions(str(repository), "tailseg") == [1, 3, 4]
+
+    local = tmp_path / "pod" / "serving" / "tailseg" / "5"
+    local.mkdir(parents=True)
+    (local / "saved_model.pb").write_bytes(b"new")
+    copy_to_repository({str(local): str(repository / "serving" / "tailseg" / "5")})
+    assert (repository / "serving" / "tailseg" / "5" / "saved_model.pb").read_bytes() == b"new"
+    served = repository / "serving" / "tailseg" / "3" / "saved_model.pb"
+    served.write_bytes(b"served")
+    with pytest.raises(ExportError, match="already in the model repository"):
+        copy_to_repository({str(local): str(served.parent)})
+    assert served.read_bytes() == b"served"
+
+
+def test_the_next_version_is_past_the_repositorys(tmp_path):
+    from tailseg.publish import new_version
+
+    (tmp_path / "pod" / "serving" / "tailseg" / "2").mkdir(parents=True)
+    (tmp_path / "pod" / "onnx" / "tailseg" / "4").mkdir(parents=True)
+    pod = str(tmp_path / "pod")
+    assert new_version(str(tmp_path / "empty"), "tailseg") == 1
+    assert new_version(pod, "tailseg") == 5
+    assert new_version(pod, "tailseg", (1, 7)) == 8
+    assert new_version(pod, "tailseg", (3,)) == 5
