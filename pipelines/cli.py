@@ -223,6 +223,10 @@ def _add_schedule(subparsers) -> None:
                              "schedule of the same name")
     parser.add_argument("--delete", action="store_true",
                         help="Delete the schedule named in the configuration (and its CronJob)")
+    parser.add_argument("--orchestrator-schedule-deleted", action="store_true",
+                        help="With --submit or --delete, where the orchestrator cannot delete "
+                             "its schedules (Kubeflow): you deleted the KFP recurring run "
+                             "yourself, so delete only ZenML's record")
     parser.set_defaults(handler=_schedule, uses_tensorflow=lambda args: args.submit,
                         before=_quiet_zenml)
 
@@ -232,18 +236,23 @@ def _schedule(args) -> int:
 
     import yaml
 
+    from pipelines.runner import check_zenml_keys
     from tailseg.config import load_run_yaml
     from tailseg.schedule import schedule_summary
     from tailseg.stacks import merge_run_configs
 
     merged = load_run_yaml(args.config)
+    check_zenml_keys(merged, args.config)  # each file, so the error names it
     if args.overlay:
-        merged = merge_run_configs(merged, load_run_yaml(args.overlay))
+        overlay = load_run_yaml(args.overlay)
+        check_zenml_keys(overlay, args.overlay)
+        merged = merge_run_configs(merged, overlay)
     if args.delete:
         from pipelines.schedules import remove_schedule, schedule_name
 
         name = schedule_name(merged)
-        print(json.dumps({"deleted": remove_schedule(name), "schedule": name}, indent=2))
+        deleted = remove_schedule(name, args.orchestrator_schedule_deleted)
+        print(json.dumps({"deleted": deleted, "schedule": name}, indent=2))
         return 0
     flavor = args.orchestrator
     if flavor is None or args.submit:
@@ -263,7 +272,8 @@ def _schedule(args) -> int:
                                          dir=Path(args.config).resolve().parent) as handle:
             yaml.safe_dump(merged, handle, sort_keys=False)
             handle.flush()
-            print(json.dumps(run_pipeline("training", handle.name), indent=2))
+            print(json.dumps(run_pipeline("training", handle.name, None,
+                                          args.orchestrator_schedule_deleted), indent=2))
     return 0
 
 

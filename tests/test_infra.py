@@ -794,6 +794,165 @@ def test_image_requirements_export_matches_pyproject():
     assert "tensorflow==2.21.0" in expected
 
 
+
+def _pinned_requirements(extra: str) -> list[str]:
+    """The dependencies and the extra's, `tailseg[...]` self-references expanded."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def expand(entries: list[str]) -> list[str]:
+        lines = []
+        for entry in entries:
+            if entry.startswith("tailseg["):
+                for nested in entry[len("tailseg["):-1].split(","):
+                    lines += expand(extras[nested])
+            else:
+                lines.append(entry)
+        return lines
+
+    return list(dict.fromkeys(expand(project["dependencies"] + extras[extra])))
+
+
+@pytest.mark.parametrize("extra", ["kubernetes", "kubeflow"])
+def test_image_requirements_export_adds_the_extra_pinned(extra):
+    # pip install -e .[extra] (test_extras_resolve_with_the_pinned_dependencies) installs the
+    # same set; `tailseg[...]` itself would send pip to the index for a tailseg package.
+    result = subprocess.run([sys.executable, str(ROOT / "infra/docker/export_requirements.py"),
+                             str(ROOT / "pyproject.toml"), extra], capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.splitlines() == _pinned_requirements(extra)
+    assert not any(line.startswith("tailseg") for line in result.stdout.splitlines())
+    assert "s3fs==2026.9.0" in result.stdout and "boto3==1.43.117" in result.stdout
+    assert ("kfp==2.17.3" in result.stdout) is (extra == "kubeflow")
+    unknown = subprocess.run([sys.executable, str(ROOT / "infra/docker/export_requirements.py"),
+                              str(ROOT / "pyproject.toml"), "kubeflw"], capture_output=True,
+                             text=True)
+    assert unknown.returncode != 0 and "no extra 'kubeflw'" in unknown.stderr
+
+
+@pytest.mark.parametrize(("overlay", "extra"), [("zenml.k8s.yaml", "kubernetes"),
+                                                ("zenml.kubeflow.yaml", "kubeflow")])
+def test_step_image_requirements_are_pinned_from_any_directory(overlay, extra, tmp_path,
+                                                               monkeypatch):
+    """ZenML's own PipelineDockerImageBuilder.gather_requirements_files, from the overlay's
+    Docker settings as the runner assembles them, run from another directory with no `python`
+    on PATH: the pinned dependencies and extra, and none of the stack integrations' unpinned
+    requirements (install_stack_requirements, on by default, adds them in a RUN of its own)."""
+    from uuid import uuid4
+
+    from zenml.client import Client
+    from zenml.config import DockerSettings
+    from zenml.enums import StackComponentType
+    from zenml.orchestrators import BaseOrchestrator
+    from zenml.stack import Stack
+    from zenml.utils.pipeline_docker_image_builder import PipelineDockerImageBuilder
+
+    from pipelines.runner import effective_configuration
+
+    effective = effective_configuration(ROOT / "zenml.yaml", ROOT / overlay)
+    docker = DockerSettings.model_validate(effective["settings"]["docker"])
+    # A stack whose orchestrator brings an unpinned integration requirement (kubernetes's).
+    orchestrator = BaseOrchestrator.from_model(Client().create_stack_component(
+        f"image-test-{uuid4().hex[:8]}", "kubernetes", StackComponentType.ORCHESTRATOR, {}))
+    stack = Stack(uuid4(), "image-test", orchestrator=orchestrator,
+                  artifact_store=Client().active_stack.artifact_store)
+    assert any(">" in requirement for requirement in stack.requirements())
+    (tmp_path / "bin").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no python, no python3
+    files = {name: content for name, content, _ in
+             PipelineDockerImageBuilder.gather_requirements_files(docker, stack, log=False)}
+    assert set(files) == {".zenml_pyproject_requirements"}
+    assert files[".zenml_pyproject_requirements"].splitlines() == _pinned_requirements(extra)
+
+
+def test_docker_paths_resolve_against_the_configuration_folder(tmp_path):
+    from pipelines.runner import absolute_docker_settings
+
+    config = {"settings": {"docker": {"pyproject_path": "pyproject.toml",
+                                      "pyproject_export_command": ["python", "x.py"]}},
+              "steps": {"model_trainer": {"settings": {"docker": {
+                  "pyproject_path": "sub/pyproject.toml",
+                  "pyproject_export_command": ["python3", "y.py"]}}},
+                  "model_gate": {"enable_cache": False}}}
+    resolved = absolute_docker_settings(config, tmp_path)
+    assert resolved["settings"]["docker"] == {
+        "pyproject_path": str(tmp_path / "pyproject.toml"),
+        "pyproject_export_command": [sys.executable, "x.py"]}
+    step = resolved["steps"]["model_trainer"]["settings"]["docker"]
+    assert step["pyproject_path"] == str(tmp_path / "sub" / "pyproject.toml")
+    assert step["pyproject_export_command"][0] == sys.executable
+    assert resolved["steps"]["model_gate"] == {"enable_cache": False}
+    assert absolute_docker_settings({"run_name": "x"}, tmp_path) == {"run_name": "x"}
+
+
+# --- ZenML keys ----------------------------------------------------------------------------------
+
+MISSPELLED = {  # overlay text -> the key path the error names
+    "enable_cahce: false": "enable_cahce (did you mean enable_cache?)",
+    "steps:\n  data_splitter:\n    cache_polcy: {cache_func: tailseg.schedule.dataset_cache_key}":
+        "steps.data_splitter.cache_polcy (did you mean cache_policy?)",
+    "settings:\n  orchestrator.kubernetes:\n    concurency_policy: Forbid":
+        "settings.orchestrator.kubernetes.concurency_policy (did you mean concurrency_policy?)",
+    "settings:\n  docker:\n    parent_imag: tensorflow/tensorflow:2.21.0-gpu":
+        "settings.docker.parent_imag (did you mean parent_image?)",
+    "steps:\n  model_trainer:\n    settings:\n      orchestrator.kubernetes:\n"
+    "        pod_settings: {node_selector: {a: b}}":
+        "steps.model_trainer.settings.orchestrator.kubernetes.pod_settings.node_selector",
+    "steps:\n  model_trainer:\n    settings:\n      resources: {gpu_cont: 1}":
+        "steps.model_trainer.settings.resources.gpu_cont (did you mean gpu_count?)",
+    "settings:\n  orchestrator.kubeflow:\n    user_namespce: x":
+        "settings.orchestrator.kubeflow.user_namespce (did you mean user_namespace?)",
+    "schedule: {name: w, cron_expression: '0 3 * * 1', end_tme: 2027-01-01T00:00:00}":
+        "schedule.end_tme (did you mean end_time?)",
+    "settings:\n  orchestrator.kubernets: {}": "settings.orchestrator.kubernets (settings keys:",
+}
+
+
+@pytest.mark.parametrize("text", MISSPELLED)
+def test_misspelled_zenml_keys_fail_naming_file_and_key(text, tmp_path):
+    # ZenML 0.98 validates every one of these and drops the key (extra="ignore" or "allow").
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    from pipelines.runner import effective_configuration
+    from tailseg.errors import ConfigError
+
+    PipelineRunConfiguration.model_validate(yaml.safe_load(text))
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(text + "\n")
+    with pytest.raises(ConfigError) as error:
+        effective_configuration(ROOT / "zenml.yaml", overlay)
+    assert str(error.value).startswith(f"{overlay}: unknown ZenML key(s) {MISSPELLED[text]}")
+    base = tmp_path / "zenml.yaml"  # the base file is checked as well, and named
+    base.write_text((ROOT / "zenml.yaml").read_text() + text + "\n")
+    with pytest.raises(ConfigError, match=f"^{base}: unknown ZenML key"):
+        effective_configuration(base)
+
+
+@pytest.mark.parametrize("overlay", [None, "zenml.k8s.yaml", "zenml.kubeflow.yaml"])
+def test_the_project_run_files_have_only_zenml_keys(overlay):
+    from pipelines.runner import check_zenml_keys, effective_configuration
+
+    for name in ("zenml.yaml", overlay):
+        if name:
+            check_zenml_keys(load_run_yaml(ROOT / name), name)
+    effective_configuration(ROOT / "zenml.yaml", overlay and ROOT / overlay)
+
+
+def test_schedule_command_names_the_overlay_with_a_misspelled_key(tmp_path, capsys):
+    from pipelines.cli import main
+
+    overlay = tmp_path / "zenml.k8s.yaml"
+    overlay.write_text((ROOT / "zenml.k8s.yaml").read_text().replace(
+        "concurrency_policy:", "concurency_policy:"))
+    assert main(["schedule", "--config", str(ROOT / "zenml.yaml"), "--overlay", str(overlay),
+                 "--orchestrator", "kubernetes"]) == 2
+    assert (f"{overlay}: unknown ZenML key(s) settings.orchestrator.kubernetes."
+            "concurency_policy") in capsys.readouterr().err
+
+
 # --- Accelerators ------------------------------------------------------------------------------
 
 def test_cpu_fallback_and_forced_mixed_precision():

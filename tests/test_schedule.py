@@ -169,3 +169,144 @@ def test_zenml_returns_no_run_for_a_scheduled_submission():
     source = inspect.getsource(Pipeline._run)
     assert "create_placeholder_run(" in source and "if not snapshot.schedule" in source
     assert "The pipeline run or `None` if running with a schedule." in source
+
+
+# --- Orchestrators that cannot delete their schedules ------------------------------------------
+
+def _orchestrator(flavor: str):
+    """A registered orchestrator component of that flavor (no cluster is contacted)."""
+    from uuid import uuid4
+
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    return Client().create_stack_component(f"{flavor}-{uuid4().hex[:8]}", flavor,
+                                           StackComponentType.ORCHESTRATOR, {})
+
+
+def _schedule_on(orchestrator, name: str):
+    """The schedule PipelineDefinition._run records for a submission to that orchestrator."""
+    from uuid import uuid4
+
+    from zenml.client import Client
+    from zenml.models import PipelineRequest, ScheduleRequest
+
+    client = Client()
+    project = client.active_project.id
+    pipeline = client.zen_store.create_pipeline(PipelineRequest(
+        name=f"schedule-test-{uuid4().hex[:8]}", project=project))
+    return client.zen_store.create_schedule(ScheduleRequest(
+        project=project, pipeline_id=pipeline.id, orchestrator_id=orchestrator.id, name=name,
+        active=True, cron_expression="0 0 3 * * 1"))
+
+
+KFP_MODULES = ("kfp", "kfp.dsl", "kfp.client", "kfp.compiler", "kfp_server_api",
+               "kfp_server_api.exceptions")
+
+
+@pytest.fixture(params=["as installed", "kfp loadable"])
+def kubeflow_orchestrator_class(request, monkeypatch):
+    """How ZenML's KubeflowOrchestrator class loads here. kfp is not part of the dev install, so
+    ZenML cannot load the class ("as installed"); "kfp loadable" provides the few kfp names the
+    module uses at import (none is called), so that ZenML's own class and its
+    supports_schedule_deletion decide, as on a machine with the [kubeflow] extra.
+    Yields whether the class loads."""
+    import importlib.util
+    import sys
+    import types
+
+    installed = importlib.util.find_spec("kfp") is not None
+    if request.param == "as installed" or installed:
+        yield installed
+        return
+    orchestrators = "zenml.integrations.kubeflow.orchestrators"
+    def stand_in(name: str, base: type = object) -> type:
+        return type(name, (base,), {})
+
+    client = stand_in("Client")
+    names = {"kfp": {"Client": client}, "kfp.client": {"Client": client},
+             "kfp.dsl": {"PipelineTask": stand_in("PipelineTask"),
+                         "ContainerSpec": stand_in("ContainerSpec")},
+             "kfp.compiler": {"Compiler": stand_in("Compiler")}, "kfp_server_api": {},
+             "kfp_server_api.exceptions": {"ApiException": stand_in("ApiException", Exception)}}
+    for name in KFP_MODULES:
+        module = types.ModuleType(name)
+        module.__dict__.update(names[name])
+        monkeypatch.setitem(sys.modules, name, module)
+    sys.modules["kfp"].dsl = sys.modules["kfp.dsl"]
+    yield True
+    for name in [name for name in sys.modules if name.startswith(orchestrators)]:
+        del sys.modules[name]  # the class built on the stand-ins goes with them
+    import zenml.integrations.kubeflow as kubeflow
+
+    if hasattr(kubeflow, "orchestrators"):
+        delattr(kubeflow, "orchestrators")
+
+
+def test_zenml_deletes_kubernetes_schedules_but_not_kubeflow_ones(kubeflow_orchestrator_class):
+    # What remove_schedule asks: ZenML 0.98's supports_schedule_deletion (true only where the
+    # orchestrator overrides delete_schedule) on the registered orchestrators.
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+    from zenml.orchestrators import BaseOrchestrator
+
+    if not kubeflow_orchestrator_class:
+        with pytest.raises(ImportError, match="kfp"):
+            BaseOrchestrator.from_model(_orchestrator("kubeflow"))
+    else:
+        kubeflow = BaseOrchestrator.from_model(_orchestrator("kubeflow"))
+        assert kubeflow.config.is_schedulable and not kubeflow.supports_schedule_deletion
+    kubernetes = BaseOrchestrator.from_model(_orchestrator("kubernetes"))
+    assert kubernetes.config.is_schedulable and kubernetes.supports_schedule_deletion
+    local = BaseOrchestrator.from_model(
+        Client().active_stack_model.components[StackComponentType.ORCHESTRATOR][0])
+    assert not local.config.is_schedulable  # no orchestrator side to delete
+
+
+def test_a_kubeflow_schedule_is_kept_until_its_recurring_run_is_deleted(
+        kubeflow_orchestrator_class):
+    """Client.delete_schedule would delete only ZenML's record and leave the KFP recurring run
+    firing; remove_schedule refuses, naming the recurring run, until the user says it is gone."""
+    from pipelines.schedules import find_schedule, remove_schedule
+
+    schedule = _schedule_on(_orchestrator("kubeflow"), "kfp-weekly")
+    with pytest.raises(ScheduleError) as error:
+        remove_schedule("kfp-weekly")
+    text = str(error.value)
+    assert "its KFP recurring run (in the KFP experiment 'schedule-test-" in text
+    assert "`kfp recurring-run delete <id>`" in text and "--orchestrator-schedule-deleted" in text
+    assert ("ZenML's kubeflow orchestrator cannot delete its schedules" if
+            kubeflow_orchestrator_class else "(kfp is not installed)") in text
+    assert find_schedule("kfp-weekly").id == schedule.id  # ZenML's record kept
+    removed = remove_schedule("kfp-weekly", orchestrator_side_deleted=True)
+    assert removed == {"name": "kfp-weekly", "id": str(schedule.id), "cron": "0 0 3 * * 1"}
+    assert find_schedule("kfp-weekly") is None
+
+
+def test_a_kubernetes_schedule_is_deleted_with_its_cron_job():
+    # The orchestrator deletes the CronJob named in the schedule's metadata; without one
+    # (as here, no cluster) it only warns, and ZenML's record goes.
+    from pipelines.schedules import find_schedule, orchestrator_leftover, remove_schedule
+
+    schedule = _schedule_on(_orchestrator("kubernetes"), "k8s-weekly")
+    assert orchestrator_leftover(schedule) is None
+    assert remove_schedule("k8s-weekly")["id"] == str(schedule.id)
+    assert find_schedule("k8s-weekly") is None
+
+
+def test_schedule_delete_refuses_a_kubeflow_schedule_until_told(tmp_path, capsys):
+    from pathlib import Path
+
+    from pipelines.cli import main
+    from pipelines.schedules import find_schedule
+
+    root = Path(__file__).resolve().parent.parent
+    schedule = _schedule_on(_orchestrator("kubeflow"), "tailseg-weekly-retrain")
+    command = ["schedule", "--config", str(root / "zenml.yaml"), "--overlay",
+               str(root / "zenml.kubeflow.yaml"), "--delete"]
+    assert main(command) == 2
+    assert "KFP recurring run" in capsys.readouterr().err
+    assert find_schedule("tailseg-weekly-retrain").id == schedule.id
+    assert main([*command, "--orchestrator-schedule-deleted"]) == 0
+    assert f'"id": "{schedule.id}"' in capsys.readouterr().out
+    assert find_schedule("tailseg-weekly-retrain") is None
