@@ -378,6 +378,11 @@ def _add_change(subparsers) -> None:
                         help="Smaller relative area changes are 'unchanged' (default: 0.1)")
     parser.add_argument("--min-change-ha", type=float, default=0.0,
                         help="Smaller area changes in hectares are 'unchanged' (default: 0)")
+    for key in ("before", "after"):
+        parser.add_argument(f"--{key}-mask", default=None,
+                            help=f"The {key.upper()} date's <stem>_mask.tif (255 = not "
+                            "observed), so that only what both dates observed is compared "
+                            "(default: the one beside a <stem>_tailings.geojson; a scene's own)")
     _add_predict_options(parser, model_required=False)  # only scenes need a model
     parser.set_defaults(handler=_change)
 
@@ -409,12 +414,20 @@ def _change(args) -> int:
     # take back on failure when empty.
     created = [folder for folder in (*(out / key for key in scenes), out, *out.absolute().parents)
                if not folder.exists()]
+    masks = {key: getattr(args, f"{key}_mask") for key in inputs}
+    for key in scenes:
+        if masks[key]:
+            raise ConfigError(f"--{key}-mask: {key.upper()} is a scene, whose own mask is "
+                              "used; pass a mask only with a <stem>_tailings.geojson")
     if scenes:
-        from tailseg.change import read_sites
+        from tailseg.change import read_features, read_footprint
         from tailseg.predict import check_scene, load_model, predict_scene
 
         for path in sites.values():  # a GeoJSON beside a scene: read before predicting it
-            read_sites(path)
+            read_features(path)
+        for mask in masks.values():
+            if mask:
+                read_footprint(mask)
 
         if not args.model:
             raise TailsegError(f"{next(iter(scenes.values()))}: a scene needs --model to be "
@@ -428,8 +441,10 @@ def _change(args) -> int:
             result = predict_scene(path, predictor, out / key, scene_config)
             written += [Path(p) for p in result.outputs.values()]
             sites[key] = Path(result.outputs["tailings"])  # change compares GeoJSONs
+            masks[key] = result.outputs["mask"]
         summary = detect_change(sites["before"], sites["after"], out / name, config,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, before_mask=masks["before"],
+                                after_mask=masks["after"])
     except BaseException:
         if not args.overwrite:  # with --overwrite an earlier output may have been replaced
             for path in written:

@@ -99,6 +99,10 @@ class VectorReadError(TailsegError, ValueError):
     """A GeoJSON file is missing, unreadable or not a FeatureCollection of polygons."""
 
 
+class CoverageError(TailsegError, ValueError):
+    """A nodata mask does not belong to the sites it should give the observed area of."""
+
+
 class ScheduleError(TailsegError, ValueError):
     """A retraining schedule is invalid or the orchestrator cannot run on a schedule."""
 

@@ -71,17 +71,20 @@ def write_geopackage(sites: list, path: str | Path, properties: dict | None = No
             for site in sites]
     bounds = (shapely.total_bounds([s.geometry for s in sites]) if sites
               else (None, None, None, None))
+    wkt1 = CRS.from_epsg(4326).to_wkt("WKT1_GDAL")
     connection = sqlite3.connect(path)
     try:
         with connection:
             connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             connection.execute(f"PRAGMA user_version = {USER_VERSION}")
             connection.executescript(SCHEMA)
+            # definition is WKT1 (OGC 01-009, GeoPackage 1.3 Table 21); WKT2 would belong in
+            # the definition_12_063 column of the crs_wkt extension, which this file omits.
             connection.executemany(
                 "INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)",
                 [("Undefined cartesian SRS", -1, "NONE", -1, "undefined", None),
                  ("Undefined geographic SRS", 0, "NONE", 0, "undefined", None),
-                 ("WGS 84 geodetic", WGS84_SRS_ID, "EPSG", 4326, CRS.from_epsg(4326).to_wkt(),
+                 ("WGS 84 geodetic", WGS84_SRS_ID, "EPSG", 4326, wkt1,
                   "longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid")])
             connection.execute(
                 "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "

@@ -209,8 +209,40 @@ def test_cli_predict_and_change(utm_scene, red_model, tmp_path, capsys):
     assert summary["counts"] == {"grew": 1, "disappeared": 2}
     assert summary["area_change_ha"] == pytest.approx((400 - 625 - 1200) * 0.01 / 0.9996**2,
                                                       rel=0.01)
+    # The BEFORE GeoJSON's mask is found beside it, the AFTER scene's is its own.
+    assert summary["coverage_checked"] is True
+    assert summary["before_mask"] == str(tmp_path / "before" / "scene_mask.tif")
     assert main(["predict", str(path), "--out", str(tmp_path / "x"), *options,
                  "--overlap", "60"]) == 2  # not a multiple of 16: a clear error, no traceback
+
+
+def test_cli_change_compares_only_what_both_scenes_observed(utm_scene, red_model, tmp_path,
+                                                            capsys):
+    # A later scene with nodata (a cloud, the footprint's edge) over half of one square and
+    # all of another: not "shrank" and "disappeared", but partly observed and unobserved.
+    path, _, _ = utm_scene
+    options = ["--model", str(red_model.path), "--window", "64", "--overlap", "32", "--margin",
+               "8", "--convention", "dn", "--no-progress"]
+    with rasterio.open(path) as src:
+        dn, profile = src.read(), src.profile
+    dn[:, 90:105, 150:190] = 0  # the top half of the 30 x 40 square
+    dn[:, 45:80, 55:90] = 0  # all of the 25 x 25 square
+    later = tmp_path / "later.tif"
+    with rasterio.open(later, "w", **profile) as dst:
+        dst.write(dn)
+    assert main(["change", str(path), str(later), "--out", str(tmp_path / "change"),
+                 *options]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["counts"] == {"unchanged": 1, "partly_observed": 1, "unobserved": 1}
+    assert summary["coverage_checked"] is True
+    assert summary["area_change_ha"] == pytest.approx(0, abs=1e-3)
+    features = json.loads((tmp_path / "change" / "scene_to_later_change.geojson").read_text())[
+        "features"]
+    (half,) = [f["properties"] for f in features if f["properties"]["status"] ==
+               "partly_observed"]
+    assert half["observed_share"] == pytest.approx(0.5, abs=1e-3)
+    assert half["observed_status"] == "unchanged"
+    assert half["area_after_ha"] == pytest.approx(600 * 0.01 / 0.9996**2, rel=0.01)
 
 
 def test_cli_change_of_two_scenes_checks_both_before_predicting_either(utm_scene, red_model,

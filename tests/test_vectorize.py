@@ -241,3 +241,26 @@ def test_a_change_exactly_at_the_limits_is_unchanged():
         "unchanged")
     assert _status(10.0, 7.5, ChangeConfig(min_relative_change=0.1, min_change_ha=2.0)) == (
         "shrank")
+
+
+def test_geopackage_spatial_ref_sys_definition_is_wkt1(tmp_path):
+    # GeoPackage 1.3 (Table 21): gpkg_spatial_ref_sys.definition is WKT1 (OGC 01-009); WKT2
+    # (GEOGCRS[...]) belongs only in the crs_wkt extension's definition_12_063 column.
+    import sqlite3
+
+    from pyproj import CRS
+
+    from tailseg.geopackage import read_geometry, write_geopackage
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:25] = 1
+    sites = polygonize(write_mask(tmp_path / "mask.tif", mask, crs="EPSG:32723",
+                                  transform=from_origin(500000, 7776000, 10, 10)))
+    path = write_geopackage(sites, tmp_path / "sites.gpkg")
+    with sqlite3.connect(path) as connection:
+        (definition,) = connection.execute(
+            "SELECT definition FROM gpkg_spatial_ref_sys WHERE srs_id = 4326").fetchone()
+        (blob,) = connection.execute("SELECT geom FROM tailings").fetchone()
+    assert definition.startswith('GEOGCS["WGS 84"')
+    assert CRS.from_wkt(definition).equals(CRS.from_epsg(4326))
+    assert shapely.equals(read_geometry(blob), sites[0].geometry)
