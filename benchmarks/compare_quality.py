@@ -35,6 +35,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ from tailseg.crossval import assign_folds, fold_split  # noqa: E402
 from tailseg.dataset import find_pairs, load_chips  # noqa: E402
 from tailseg.evaluate import best_threshold, predict_chips, threshold_sweep  # noqa: E402
 from tailseg.metrics import Counts, confusion, scores  # noqa: E402
+from tailseg.overlaps import apply_overlaps  # noqa: E402
 from tailseg.sites import (  # noqa: E402
     SiteCounts,
     confident_sites,
@@ -180,8 +182,12 @@ def summarise(per_fold: list[dict], pooled: Counts, sites: SiteCounts, off_label
             "thresholds": [fold["threshold"] for fold in per_fold]}
 
 
-def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) -> dict:
-    fold_of = assign_folds(list(chips), folds, config.data.seed)
+def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float,
+                groups: dict | None = None, stored_masks: dict | None = None) -> dict:
+    """Cross-validate one variant. With stored_masks (the labels as stored, before a merge)
+    the plain predictions are also scored against them ("pooled_stored_labels")."""
+    fold_of = assign_folds(list(chips), folds, config.data.seed, groups)
+    stored_counts = Counts()
     options = {"plain": (False, 0.0), "tta": (True, 0.0), "plain_min_site": (False, min_ha),
                "tta_min_site": (True, min_ha)}
     names = [*options, *SITE_FILTERS]
@@ -192,7 +198,7 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
     holdout_single = {name: [] for name in names}
     epochs = []
     for fold in range(folds):
-        split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed)
+        split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed, groups)
         parts = {part: [chips[chip_id] for chip_id in ids] for part, ids in split.items()}
         result = train_model(parts["train"], parts["val"], config.resolved_model(),
                              config.training)
@@ -219,6 +225,10 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
                     held = score_masks(holdout, [apply(p, *pair) for p in held_probabilities],
                                        row_areas, min_ha)[0]
                     holdout_single[name].append(scores(held)["iou"])
+            if not tta and stored_masks is not None:
+                for chip, probability in zip(test, test_probabilities, strict=True):
+                    stored_counts = stored_counts + confusion(
+                        stored_masks[chip.chip_id] == 1, probability >= threshold)
             oof[tta][0].extend(test)
             oof[tta][1].extend(test_probabilities)
             holdout_probabilities[tta].append(held_probabilities)
@@ -235,6 +245,8 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float) ->
     report = {"epochs": epochs}
     for name in names:
         report[name] = summarise(per_fold[name], *pooled[name])
+    if stored_masks is not None:
+        report["plain"]["pooled_stored_labels"] = scores(stored_counts)
         report[name]["holdout_iou_fold_models"] = [round(v, 4) for v in holdout_single[name]]
     ensembles = {tta: [np.mean(stack, axis=0) for stack in zip(*stacks, strict=True)]
                  for tta, stacks in holdout_probabilities.items()}
@@ -264,12 +276,20 @@ def main() -> None:
     parser.add_argument("--min-site-ha", type=float, default=0.5)
     parser.add_argument("--variants", nargs="+", default=["default", "tversky_0.7"],
                         choices=list(VARIANTS))
+    parser.add_argument("--overlaps", choices=["merge", "group", "ignore"], default=None,
+                        help="Chips sharing ground (tailseg.overlaps; default: the config's)")
     parser.add_argument("--out", default="quality_cv",
                         help="A name under benchmarks/results/ or a path ending in .json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     result_path(args.out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after hours
-    chips, holdout, row_areas, excluded = protocol_chips(variant_config(args.config, {}))
+    base = variant_config(args.config, {})
+    if args.overlaps:
+        base = base.model_copy(update={"data": base.data.model_copy(
+            update={"overlaps": args.overlaps})})
+    protocol = protocol_chips(base)
+    chips, holdout, row_areas, excluded = (protocol.chips, protocol.holdout, protocol.row_areas,
+                                           protocol.excluded)
     results = {}
     for name in args.variants:
         started = time.monotonic()
@@ -277,7 +297,7 @@ def main() -> None:
         config = variant_config(args.config, {**overrides, "verbose": 0, "epochs": args.epochs,
                                               "max_minutes": args.minutes}, model)
         results[name] = run_variant(config, chips, holdout, row_areas, args.folds,
-                                    args.min_site_ha)
+                                    args.min_site_ha, protocol.groups, protocol.stored_masks)
         results[name]["seconds"] = round(time.monotonic() - started, 1)
         plain = results[name]["plain"]
         print(f"{name}: pooled IoU {plain['pooled']['iou']:.4f}, fold IoU "
@@ -300,24 +320,39 @@ def variant_config(config_path: str, training: dict, model: dict | None = None):
     return resolve_paths(parse_config(values, str(path)), path.parent)
 
 
-def protocol_chips(config):
-    """The cross-validation chips (every loadable chip but the hash split's test chips), the
-    held-out test chips, each chip's row areas, and the chips excluded at loading.
+@dataclass
+class Protocol:
+    """The cross-validation chips (every loadable chip but the hash split's test chips, by
+    group under the configured overlaps), the held-out test chips, each chip's row areas, the
+    chips excluded at loading, the overlap groups and every chip's labels as stored (before a
+    merge)."""
 
-    Returns (chips by id, held-out chips, row areas by id, excluded)."""
+    chips: dict
+    holdout: list
+    row_areas: dict
+    excluded: dict
+    groups: dict
+    stored_masks: dict
+
+
+def protocol_chips(config) -> Protocol:
     pairs, _ = find_pairs(config.data.data_dir)
     pairs = pairs[:config.data.max_chips] if config.data.max_chips else pairs
     loaded, excluded = load_chips(pairs, config.data.convention)
-    held_ids = set(split_ids([chip.chip_id for chip in loaded], config.data)["test"])
+    stored = {chip.chip_id: chip.mask for chip in loaded}
+    loaded, groups = apply_overlaps(loaded, pairs, config.data.overlaps)
+    held_ids = set(split_ids([chip.chip_id for chip in loaded], config.data,
+                             groups=groups)["test"])
     chips = {chip.chip_id: chip for chip in loaded if chip.chip_id not in held_ids}
     holdout = [chip for chip in loaded if chip.chip_id in held_ids]
     masks = {pair.chip_id: pair.mask for pair in pairs}
     row_areas = {chip.chip_id: raster_row_areas(masks[chip.chip_id]) for chip in loaded}
-    return chips, holdout, row_areas, excluded
+    return Protocol(chips, holdout, row_areas, excluded, groups, stored)
 
 
 def _payload(args, chips, holdout, excluded, results) -> dict:
-    return {"folds": args.folds, "epochs_per_fold": args.epochs,
+    return {"folds": args.folds, "overlaps": args.overlaps or "config",
+            "epochs_per_fold": args.epochs,
             "minutes_per_fold": args.minutes, "min_site_ha": args.min_site_ha,
             "cv_chips": len(chips), "holdout_chips": sorted(chip.chip_id for chip in holdout),
             "excluded": sorted(excluded), "matmul_gflops": round(matmul_gflops(), 1),

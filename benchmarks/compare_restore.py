@@ -84,15 +84,18 @@ def main() -> None:
     # Early stopping off: every rule must see the same, complete runs.
     config = variant_config(args.config, {"epochs": args.epochs, "max_minutes": None,
                                           "verbose": 0, "early_stopping_patience": args.epochs})
-    chips, holdout, row_areas, excluded = protocol_chips(config)
-    fold_of = assign_folds(list(chips), args.folds, config.data.seed)
+    protocol = protocol_chips(config)
+    chips, holdout, row_areas, excluded, groups = (protocol.chips, protocol.holdout,
+                                                   protocol.row_areas, protocol.excluded,
+                                                   protocol.groups)
+    fold_of = assign_folds(list(chips), args.folds, config.data.seed, groups)
     per_fold = {rule: [] for rule in RULES}
     pooled = {rule: (Counts(), SiteCounts(), Counts()) for rule in RULES}
     holdout_iou = {rule: [] for rule in RULES}
     picked = {rule: [] for rule in RULES}
     curves, started = [], time.monotonic()
     for fold in range(args.folds):
-        split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed)
+        split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed, groups)
         parts = {part: [chips[chip_id] for chip_id in ids] for part, ids in split.items()}
         snapshots = Snapshots()
         result = train_model(parts["train"], parts["val"], config.resolved_model(),

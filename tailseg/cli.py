@@ -580,7 +580,8 @@ def _figures(chips, probabilities, report: dict, metadata: dict) -> dict[str, by
 def _add_split(subparsers) -> None:
     parser = subparsers.add_parser(
         "split", help="Print which chips are train, validation and test: a pure function of "
-                      "each chip id and the seed, so adding chips never moves existing ones.")
+                      "each group's key (chips sharing ground go together) and the seed, so "
+                      "adding chips moves no existing chip but those a new chip overlaps.")
     parser.add_argument("data_dir", help="Dataset dir with images/ and masks/")
     parser.add_argument("--json", help="Write the assignment here instead of printing it")
     parser.add_argument("--config", help="ZenML run configuration whose parameters.config.data "
@@ -603,7 +604,13 @@ def _split(args) -> int:
     pairs, unpaired = find_pairs(args.data_dir)
     for reason in unpaired.values():
         print(f"left out (unpaired): {reason}", file=sys.stderr)
-    record = split_record([p.chip_id for p in pairs], data, source=args.data_dir)
+    groups = {}
+    if data.overlaps != "ignore":  # chips sharing ground stay in one part
+        from tailseg.overlaps import overlap_groups, read_footprints
+
+        groups = overlap_groups(read_footprints(pairs))
+    record = split_record([p.chip_id for p in pairs], data, source=args.data_dir,
+                          groups=groups)
     _write_json({**record, "data_dir": str(args.data_dir)}, args.json)
     print(f"{args.data_dir}: " + ", ".join(f"{part} {len(record[part])}" for part in PARTS)
           + f" (seed {data.seed})", file=sys.stderr)

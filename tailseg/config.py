@@ -32,6 +32,10 @@ class DataConfig(Strict):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 42
     max_chips: int | None = Field(None, ge=3, description="Use only the first N chips (tests).")
+    # Chips that share ground (tailseg.overlaps): "merge" keeps each group in one part of the
+    # split and gives every chip the labels of the chips overlapping it; "group" only groups;
+    # "ignore" treats each chip alone (the behaviour before 2026-11-29).
+    overlaps: Literal["merge", "group", "ignore"] = "merge"
 
 
 class ModelConfig(Strict):

@@ -32,6 +32,7 @@ from tailseg.evaluate import (
     threshold_sweep,
 )
 from tailseg.metrics import Counts, counts_dict, scores
+from tailseg.overlaps import apply_overlaps
 from tailseg.sites import SiteCounts, raster_row_areas, site_counts, site_scores
 from tailseg.train import train_model
 from tailseg.tta import flip_tta
@@ -45,8 +46,19 @@ def _hash(salt: str, seed: int, chip_id: str) -> bytes:
     return hashlib.sha256(f"{salt}:{seed}:{chip_id}".encode()).digest()
 
 
-def assign_folds(chip_ids: list[str], folds: int, seed: int) -> dict[str, int]:
-    """{chip id: fold}, folds as equal as the chip count allows.
+def _grouped(chip_ids, groups: dict[str, str] | None) -> dict[str, list[str]]:
+    """{group key: sorted chip ids}; a chip not in groups is a group of its own."""
+    members: dict[str, list[str]] = {}
+    for chip_id in sorted(set(chip_ids)):
+        members.setdefault((groups or {}).get(chip_id, chip_id), []).append(chip_id)
+    return members
+
+
+def assign_folds(chip_ids: list[str], folds: int, seed: int,
+                 groups: dict[str, str] | None = None) -> dict[str, int]:
+    """{chip id: fold}: groups of chips that share ground (tailseg.overlaps) in hash order,
+    each to the fold with the fewest chips so far (the lowest on ties); with single-chip
+    groups that is every folds-th chip of the hash order, folds as equal as the count allows.
 
     Raises:
         ValueError: fewer than 2 folds, or fewer than 3 chips per fold on average (each round
@@ -58,18 +70,30 @@ def assign_folds(chip_ids: list[str], folds: int, seed: int) -> dict[str, int]:
     if len(ids) < 3 * folds:
         raise ValueError(f"{len(ids)} chips are too few for {folds} folds; use at most "
                          f"{len(ids) // 3} folds")
-    ranked = sorted(ids, key=lambda chip_id: _hash("cv", seed, chip_id))
-    return {chip_id: rank % folds for rank, chip_id in enumerate(ranked)}
+    members = _grouped(ids, groups)
+    sizes, fold_of = [0] * folds, {}
+    for key in sorted(members, key=lambda key: _hash("cv", seed, key)):
+        fold = sizes.index(min(sizes))
+        sizes[fold] += len(members[key])
+        fold_of.update(dict.fromkeys(members[key], fold))
+    return fold_of
 
 
-def fold_split(fold_of: dict[str, int], fold: int, val_fraction: float, seed: int
-               ) -> dict[str, list[str]]:
-    """{"train", "val", "test"}: sorted chip ids of one cross-validation round."""
+def fold_split(fold_of: dict[str, int], fold: int, val_fraction: float, seed: int,
+               groups: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """{"train", "val", "test"}: sorted chip ids of one cross-validation round; validation
+    takes whole groups in hash order until it holds val_fraction of the other chips."""
     test = sorted(c for c, f in fold_of.items() if f == fold)
-    rest = sorted((c for c, f in fold_of.items() if f != fold),
-                  key=lambda chip_id: _hash("cv-val", seed, chip_id))
+    rest = [c for c, f in fold_of.items() if f != fold]
     n_val = min(len(rest) - 1, max(1, round(len(rest) * val_fraction)))
-    return {"train": sorted(rest[n_val:]), "val": sorted(rest[:n_val]), "test": test}
+    members = _grouped(rest, groups)
+    val: list[str] = []
+    for key in sorted(members, key=lambda key: _hash("cv-val", seed, key)):
+        if len(val) >= n_val:
+            break
+        if len(val) + len(members[key]) < len(rest):  # keep a training chip
+            val += members[key]
+    return {"train": sorted(set(rest) - set(val)), "val": sorted(val), "test": test}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -125,13 +149,14 @@ def cross_validate(config: RunConfig, folds: int, tta: bool = False) -> dict:
     loaded, excluded = load_chips(pairs, config.data.convention)
     if not loaded:
         raise TailsegError(f"{config.data.data_dir}: no usable chips for cross-validation")
+    loaded, groups = apply_overlaps(loaded, pairs, config.data.overlaps)
     chips = {chip.chip_id: chip for chip in loaded}
     masks = {pair.chip_id: pair.mask for pair in pairs}
     row_areas = {chip_id: raster_row_areas(masks[chip_id]) for chip_id in chips}
-    fold_of = assign_folds(list(chips), folds, config.data.seed)
+    fold_of = assign_folds(list(chips), folds, config.data.seed, groups)
     per_fold, pixel_total, site_total = [], Counts(), SiteCounts()
     for fold in range(folds):
-        split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed)
+        split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed, groups)
         logger.info("fold %d/%d: %d train, %d val, %d test chips", fold + 1, folds,
                     len(split["train"]), len(split["val"]), len(split["test"]))
         report, pixels, sites = run_fold(chips, row_areas, split, config, tta)
@@ -141,7 +166,9 @@ def cross_validate(config: RunConfig, folds: int, tta: bool = False) -> dict:
         pixel_total, site_total = pixel_total + pixels, site_total + sites
     summary = {k: _mean_std([f[k] for f in per_fold]) for k in SUMMARY_METRICS}
     return {"folds": folds, "seed": config.data.seed, "n_chips": len(chips), "tta": tta,
-            "assignment": "sha256(cv:seed:chip_id) ranks dealt round-robin into folds",
+            "assignment": "groups of chips sharing ground (single chips alone) in "
+                          "sha256(cv:seed:group key) order, each to the fold with the fewest "
+                          "chips", "overlaps": config.data.overlaps,
             "mean": {k: m for k, (m, _) in summary.items()},
             "std": {k: s for k, (_, s) in summary.items()},
             "pooled": {**scores(pixel_total), "counts": counts_dict(pixel_total)},

@@ -6,6 +6,11 @@ in train. A chip's part therefore never depends on which other chips exist: addi
 chips never moves an existing chip between parts, so a retrained model and the production model
 see the same held-out chips (unlike a seeded permutation of the sorted ids, where one new chip
 reshuffles everything). Part sizes follow the fractions only on average.
+
+Chips that share ground (tailseg.overlaps) form a group, hashed by its key (its smallest chip
+id): a whole group lands in one part, so no test or validation pixel is a training pixel too. A
+chip alone is its own group, so its part is what the plain rule gives it; only a new chip that
+overlaps existing ones can move them (into the part of their joint group).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from tailseg.errors import SplitError
 
 Part = Literal["train", "val", "test"]
 PARTS: tuple[Part, ...] = ("train", "val", "test")
-METHOD = "sha256(seed:chip_id) in [0, 1): test < test_fraction <= val < test+val_fraction <= train"
+METHOD = ("sha256(seed:group key) in [0, 1): test < test_fraction <= val < test+val_fraction <= "
+          "train; a group is the chips that share ground, keyed by its smallest chip id")
 
 
 def unit_hash(chip_id: str, seed: int) -> float:
@@ -37,9 +43,13 @@ def assign(chip_id: str, config: DataConfig) -> Part:
     return "train"
 
 
-def split_ids(chip_ids: list[str], config: DataConfig, source: str = "dataset"
-              ) -> dict[str, list[str]]:
+def split_ids(chip_ids: list[str], config: DataConfig, source: str = "dataset",
+              groups: dict[str, str] | None = None) -> dict[str, list[str]]:
     """{"train", "val", "test"}: sorted chip ids per part.
+
+    Args:
+        groups: {chip id: group key} (tailseg.overlaps.overlap_groups); chips not in it, or
+            all chips when None, are groups of their own.
 
     Raises:
         SplitError: a part would be empty (too few chips for the fractions and seed); the
@@ -47,7 +57,7 @@ def split_ids(chip_ids: list[str], config: DataConfig, source: str = "dataset"
     """
     parts: dict[str, list[str]] = {part: [] for part in PARTS}
     for chip_id in sorted(set(chip_ids)):
-        parts[assign(chip_id, config)].append(chip_id)
+        parts[assign((groups or {}).get(chip_id, chip_id), config)].append(chip_id)
     empty = [part for part in PARTS if not parts[part]]
     if empty:
         counts = ", ".join(f"{part} {len(parts[part])}" for part in PARTS)
@@ -58,9 +68,15 @@ def split_ids(chip_ids: list[str], config: DataConfig, source: str = "dataset"
     return parts
 
 
-def split_record(chip_ids: list[str], config: DataConfig, source: str = "dataset") -> dict:
+def split_record(chip_ids: list[str], config: DataConfig, source: str = "dataset",
+                 groups: dict[str, str] | None = None) -> dict:
     """The split as recorded with a run (and printed by `tailseg split`): ids per part plus
-    everything that produced them."""
-    return {**split_ids(chip_ids, config, source), "seed": config.seed,
+    everything that produced them (the groups of more than one chip included)."""
+    shared = {}
+    for chip_id in sorted(set(chip_ids)):
+        key = (groups or {}).get(chip_id, chip_id)
+        shared.setdefault(key, []).append(chip_id)
+    return {**split_ids(chip_ids, config, source, groups), "seed": config.seed,
             "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
-            "method": METHOD}
+            "method": METHOD,
+            "groups": {key: ids for key, ids in sorted(shared.items()) if len(ids) > 1}}

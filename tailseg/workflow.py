@@ -21,6 +21,7 @@ from tailseg.evaluate import (
 )
 from tailseg.gate import Comparison, pooled_on, unseen_test_chips
 from tailseg.model import model_multiple
+from tailseg.overlaps import apply_overlaps, overlap_groups, read_footprints
 from tailseg.sites import evaluate_sites, raster_row_areas
 from tailseg.split import PARTS, split_record
 from tailseg.train import train_model
@@ -36,7 +37,10 @@ def chips_for(config: RunConfig, chip_ids: list[str]) -> list[Chip]:
     if missing:
         raise DatasetNotFoundError(f"{config.data.data_dir}: chips {missing} disappeared "
                                    "since validation")
-    return [load_chip(pairs[i], config.data.convention) for i in chip_ids]
+    chips = [load_chip(pairs[i], config.data.convention) for i in chip_ids]
+    if config.data.overlaps == "merge":  # the labels of the chips sharing their ground too
+        chips, _ = apply_overlaps(chips, list(pairs.values()), "merge")
+    return chips
 
 
 def row_areas_for(config: RunConfig, chip_ids: list[str]) -> list:
@@ -47,11 +51,15 @@ def row_areas_for(config: RunConfig, chip_ids: list[str]) -> list:
 
 def make_split(valid_ids: list[str], config: RunConfig) -> dict:
     """The recorded split of the valid chips: ids per part plus what produced it (a pure
-    function of each chip id and the seed, see tailseg/split.py)."""
+    function of each chip's group key and the seed, see tailseg/split.py)."""
     ids = sorted(valid_ids)
     if config.data.max_chips:
         ids = ids[:config.data.max_chips]
-    split = split_record(ids, config.data, source=str(config.data.data_dir))
+    groups = {}
+    if config.data.overlaps != "ignore":  # chips sharing ground go to one part together
+        pairs = [pair for pair in find_pairs(config.data.data_dir)[0] if pair.chip_id in ids]
+        groups = overlap_groups(read_footprints(pairs))
+    split = split_record(ids, config.data, source=str(config.data.data_dir), groups=groups)
     logger.info("split: %s", {part: len(split[part]) for part in PARTS})
     return {**split, "data_dir": str(config.data.data_dir)}
 

@@ -17,9 +17,9 @@ IDS = [f"chip_{i:04d}" for i in range(4000)]
 
 # The bundled data's test chips under the default seed and fractions. Reported metrics refer to
 # these chips: a change of the hash or of its boundaries changes them and fails here.
-BUNDLED_TEST = ["chip_010", "chip_014", "chip_019", "chip_041", "chip_044", "chip_051",
-                "chip_060", "chip_066", "chip_071", "chip_075", "chip_090", "chip_101",
-                "chip_108", "chip_113"]
+# The bundled test chips by group (seed 42): no test chip shares ground with a training chip.
+BUNDLED_TEST = ["chip_010", "chip_019", "chip_020", "chip_021", "chip_041", "chip_042",
+                "chip_051", "chip_084", "chip_085", "chip_108"]
 
 
 def _where(split: dict) -> dict[str, str]:
@@ -64,9 +64,12 @@ def test_hash_is_uniform_and_pinned():
 
 def test_bundled_test_chips_are_pinned(bundled_data):
     from tailseg.dataset import find_pairs
+    from tailseg.overlaps import overlap_groups, read_footprints
 
-    ids = [pair.chip_id for pair in find_pairs(bundled_data)[0]]
-    assert split_ids(ids, DataConfig())["test"] == BUNDLED_TEST
+    pairs = find_pairs(bundled_data)[0]
+    groups = overlap_groups(read_footprints(pairs))
+    assert split_ids([pair.chip_id for pair in pairs], DataConfig(), groups=groups)["test"] == \
+        BUNDLED_TEST
 
 
 def test_a_split_leaving_a_part_empty_is_refused_with_counts():
@@ -84,8 +87,9 @@ def test_a_split_leaving_a_part_empty_is_refused_with_counts():
 def test_record_says_how_it_was_made():
     record = split_record(IDS[:50], DataConfig(seed=3), source="data/x")
     assert record == {**split_ids(IDS[:50], DataConfig(seed=3)), "seed": 3,
-                      "val_fraction": 0.15, "test_fraction": 0.15, "method": METHOD}
-    assert METHOD.startswith("sha256(seed:chip_id)")
+                      "val_fraction": 0.15, "test_fraction": 0.15, "method": METHOD,
+                      "groups": {}}
+    assert METHOD.startswith("sha256(seed:group key)")
     with pytest.raises(SplitError, match="^data/x: "):
         split_record(IDS[:1], DataConfig(), source="data/x")
     for split in (split_ids, split_record):
@@ -113,4 +117,20 @@ def test_cli_split_of_bundled_data_plus_five_new_chips_keeps_every_chip(bundled_
     assert sum(len(after[p]) for p in ("train", "val", "test")) == 105
     assert {k: v for k, v in _where(after).items() if not k.startswith("new_")} == _where(before)
     assert before["test"] == BUNDLED_TEST
-    assert "train 77, val 9, test 14 (seed 42)" in capsys.readouterr().err
+    assert "train 78, val 12, test 10 (seed 42)" in capsys.readouterr().err
+
+
+def test_chips_that_share_ground_land_in_one_part_keyed_by_their_group():
+    # The group takes the part of its key (the plain rule's part of that chip id); a chip
+    # alone keeps its plain part.
+    config = DataConfig(seed=3)
+    plain = split_ids(IDS[:60], config)
+    key = plain["test"][0]
+    members = [key, plain["train"][0], plain["val"][0]]
+    groups = dict.fromkeys(members, key)
+    grouped = split_ids(IDS[:60], config, groups=groups)
+    assert set(members) <= set(grouped["test"])
+    for part in ("train", "val", "test"):
+        assert set(grouped[part]) - set(members) == set(plain[part]) - set(members)
+    record = split_record(IDS[:60], config, groups=groups)
+    assert record["groups"] == {key: sorted(members)}
