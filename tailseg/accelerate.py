@@ -6,19 +6,26 @@ a MirroredStrategy replicates it and the global batch grows with the replica cou
 precision (float16 compute, float32 variables, automatic loss scaling in Keras 3 `compile`) is
 turned on by default only for GPUs with tensor cores (compute capability 7.0 or higher).
 
-Usage in training (the policy must be set before the model is built)::
+Usage in training (the policy must be in force while the model is built and trained; the
+plan leaves Keras' global policy as it was, so nothing after training runs in float16)::
 
     plan = plan_acceleration(config.mixed_precision)
-    with plan.strategy.scope():
-        model = build_unet(...)
-        compile_model(model, ...)
-    model.fit(dataset.batch(plan.global_batch_size(per_replica)), ...)
+    with dtype_policy(plan.policy):
+        with plan.strategy.scope():
+            model = build_unet(...)
+            compile_model(model, ...)
+        model.fit(dataset.batch(plan.global_batch_size(per_replica)), ...)
+
+A model trained in mixed precision keeps float16 layers; the export rebuilds it in float32
+(tailseg.export.float32_model), since serving and the ONNX parity check expect float32.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,9 +48,9 @@ def _compute_capability(device: Any) -> tuple[int, int]:
     return tuple(details.get("compute_capability") or (0, 0))
 
 
-def configure_precision(enabled: MixedPrecision | bool = "auto",
-                        gpus: list[Any] | None = None) -> str:
-    """Set Keras' global dtype policy and return its name.
+def choose_policy(enabled: MixedPrecision | bool = "auto", gpus: list[Any] | None = None
+                  ) -> str:
+    """The dtype policy name for the devices: MIXED_POLICY or "float32".
 
     Args:
         enabled: "auto" (mixed only on tensor-core GPUs), "on"/True (mixed everywhere, also on
@@ -59,9 +66,29 @@ def configure_precision(enabled: MixedPrecision | bool = "auto",
     else:
         use_mixed = enabled in ("on", True)
     policy = MIXED_POLICY if use_mixed else "float32"
-    keras.mixed_precision.set_global_policy(policy)
     logger.debug("dtype policy %s (%d GPU(s), mixed precision %s)", policy, len(gpus), enabled)
     return policy
+
+
+def configure_precision(enabled: MixedPrecision | bool = "auto",
+                        gpus: list[Any] | None = None) -> str:
+    """Set Keras' global dtype policy to choose_policy's and return its name. It stays set:
+    prefer dtype_policy, which restores the previous one."""
+    policy = choose_policy(enabled, gpus)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+@contextmanager
+def dtype_policy(policy: str) -> Iterator[str]:
+    """Keras' global dtype policy set to policy inside the block, the previous one restored on
+    the way out (also after an error)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def distribution_strategy(gpus: list[Any] | None = None) -> tf.distribute.Strategy:
@@ -107,10 +134,12 @@ class AccelerationPlan:
 
 def plan_acceleration(mixed_precision: MixedPrecision | bool = "auto",
                       gpus: list[Any] | None = None) -> AccelerationPlan:
-    """Configure memory growth, the dtype policy and the strategy for the visible devices."""
+    """Configure memory growth and choose the dtype policy and the strategy for the visible
+    devices. The global dtype policy is left alone: build and train under
+    dtype_policy(plan.policy)."""
     gpus = gpu_devices() if gpus is None else gpus
     enable_memory_growth(gpus)
-    policy = configure_precision(mixed_precision, gpus)
+    policy = choose_policy(mixed_precision, gpus)
     if gpus:
         logger.info("running on %d GPU(s), dtype policy %s", len(gpus), policy)
     else:

@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tailseg.accelerate import dtype_policy
 from tailseg.constants import BANDS
 from tailseg.errors import ExportError, ModelFormatError
 from tailseg.runtime import cpu_subprocess_environment
@@ -40,8 +41,47 @@ METADATA_FILE = "tailseg.json"  # inside assets.extra/, beside TF Serving's warm
 ONNX_METADATA_KEY = "tailseg"  # the same metadata, as JSON in the ONNX model's metadata_props
 
 
+def float32_model(model: keras.Model) -> keras.Model:
+    """model itself when every layer computes in float32, else a float32 copy of it.
+
+    A model trained under mixed_float16 keeps float16 layers (tailseg.model.build_unet builds a
+    Functional model). Exported as it is, TF Serving and
+    ONNX Runtime would compute in float16 (even on CPUs) and differ from each other by about
+    1e-3, past the parity tolerance. The copy has the same layers and configuration with a
+    float32 policy, and the same weights (mixed precision keeps its variables in float32, so the
+    copy is exact).
+
+    Raises:
+        ExportError: a layer of the copy still computes in another dtype.
+    """
+    if all(_float32(layer) for layer in model.layers):
+        return model
+
+    config = model.get_config()  # a Functional model's layers with their dtype policies
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer":  # its dtype is the input's, float32
+            layer["config"]["dtype"] = "float32"
+    with dtype_policy("float32"):
+        copy = keras.Model.from_config(config)
+    for layer in copy.layers:
+        layer.set_weights(model.get_layer(layer.name).get_weights())
+    mixed = [layer.name for layer in copy.layers if not _float32(layer)]
+    if mixed:
+        raise ExportError(f"{model.name}: layers {mixed} do not compute in float32 after the "
+                          "float32 rebuild; the export would serve float16")
+    return copy
+
+
+def _float32(layer: keras.layers.Layer) -> bool:
+    return layer.compute_dtype == "float32" and layer.variable_dtype == "float32"
+
+
 def serving_function(model: keras.Model, multiple: int) -> tf.types.experimental.GenericFunction:
-    """A tf.function taking raw reflectance of any size and returning {"probability": ...}."""
+    """A tf.function taking raw reflectance of any size and returning {"probability": ...}.
+
+    It runs float32_model(model), so evaluation (tailseg.workflow.keras_predict) scores what
+    the export serves, also for a model trained in mixed precision."""
+    model = float32_model(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, len(BANDS)], tf.float32,
                                                 name=INPUT_NAME)])
@@ -96,9 +136,11 @@ def write_saved_model(model: keras.Model, directory: str | Path, multiple: int,
     """Write the serving SavedModel to directory (which must not exist yet).
 
     metadata goes to assets.extra/tailseg.json; extra_assets maps file names to text written
-    into assets.extra/ (e.g. the model card).
+    into assets.extra/ (e.g. the model card). A mixed-precision model is written as its
+    float32 copy (float32_model).
     """
     directory = Path(directory)
+    model = float32_model(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
     serve = serving_function(model, multiple)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from tailseg.accelerate import AccelerationPlan, plan_acceleration
+from tailseg.accelerate import AccelerationPlan, dtype_policy, plan_acceleration
 from tailseg.budget import BudgetSchedule, PlannedCosineDecay
 from tailseg.config import ModelConfig, TrainConfig
 from tailseg.dataset import (
@@ -183,28 +183,31 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
     seed_everything(config.seed)
     plan = plan or plan_acceleration(config.mixed_precision)
     logger.debug("training on %s", plan.describe())  # the devices are logged at INFO by the plan
-    mean, std = band_statistics(train_chips)
-    batches = global_batches(config, plan)
-    steps = crops_per_epoch(train_chips, batches)
-    schedule = PlannedCosineDecay(config.learning_rate, decay_steps=steps * config.epochs)
-    with plan.strategy.scope():
-        model = build_unet(model_config, mean, std)
-        compile_model(model, config, learning_rate=schedule)
-    # Batched by chip size, so validation chips of different sizes do not need stacking.
-    val_data = validation_dataset(val_chips, model_config.multiple,
-                                  plan.global_batch_size(VAL_BATCH_PER_REPLICA), plan.replicas)
-    budget = BudgetSchedule(schedule, steps, config.epochs, config.max_minutes)
-    best = _BestWeights(budget, config.restore_from, config.early_stopping_patience)
-    # In this order: best keeps the weights the swap puts in place and reads the progress
-    # budget records. With averaging, fit ends by overwriting the weights with the
-    # optimizer's averages (after an early stop, the swapped-out raw weights): either way
-    # best's restore at on_train_end comes after that and decides.
-    callbacks = weight_average_callbacks(config) + [budget, best]
-    started = time.monotonic()
-    fit = model.fit(training_dataset(train_chips, batches), epochs=config.epochs,
-                    steps_per_epoch=steps, validation_data=val_data,
-                    shuffle=False,
-                    callbacks=callbacks + (extra_callbacks or []), verbose=config.verbose)
+    # The plan's policy (mixed_float16 on tensor-core GPUs) holds for building and training
+    # only: the previous global policy is back afterwards, whatever happens.
+    with dtype_policy(plan.policy):
+        mean, std = band_statistics(train_chips)
+        batches = global_batches(config, plan)
+        steps = crops_per_epoch(train_chips, batches)
+        schedule = PlannedCosineDecay(config.learning_rate, decay_steps=steps * config.epochs)
+        with plan.strategy.scope():
+            model = build_unet(model_config, mean, std)
+            compile_model(model, config, learning_rate=schedule)
+        # Batched by chip size, so validation chips of different sizes do not need stacking.
+        val_data = validation_dataset(val_chips, model_config.multiple,
+                                      plan.global_batch_size(VAL_BATCH_PER_REPLICA), plan.replicas)
+        budget = BudgetSchedule(schedule, steps, config.epochs, config.max_minutes)
+        best = _BestWeights(budget, config.restore_from, config.early_stopping_patience)
+        # In this order: best keeps the weights the swap puts in place and reads the progress
+        # budget records. With averaging, fit ends by overwriting the weights with the
+        # optimizer's averages (after an early stop, the swapped-out raw weights): either way
+        # best's restore at on_train_end comes after that and decides.
+        callbacks = weight_average_callbacks(config) + [budget, best]
+        started = time.monotonic()
+        fit = model.fit(training_dataset(train_chips, batches), epochs=config.epochs,
+                        steps_per_epoch=steps, validation_data=val_data,
+                        shuffle=False,
+                        callbacks=callbacks + (extra_callbacks or []), verbose=config.verbose)
     seconds = time.monotonic() - started
     epochs_run = len(fit.history.get("loss", []))
     crops = epochs_run * steps * batches.batch_size

@@ -959,7 +959,7 @@ def test_cpu_fallback_and_forced_mixed_precision():
     import keras
     import numpy as np
 
-    from tailseg.accelerate import configure_precision, plan_acceleration
+    from tailseg.accelerate import configure_precision, dtype_policy, plan_acceleration
     from tailseg.config import ModelConfig
     from tailseg.model import build_unet
 
@@ -967,6 +967,14 @@ def test_cpu_fallback_and_forced_mixed_precision():
         plan = plan_acceleration("auto")
         assert plan.n_gpus == 0 and plan.policy == "float32" and plan.replicas == 1
         assert plan.global_batch_size(8) == 8
+        assert keras.mixed_precision.global_policy().name == "float32"
+        # A plan only names its policy; dtype_policy applies it to a block and restores the
+        # previous one, also after an error (training must not leave the process in float16).
+        assert plan_acceleration("on", gpus=[]).policy == "mixed_float16"
+        assert keras.mixed_precision.global_policy().name == "float32"
+        with pytest.raises(RuntimeError), dtype_policy("mixed_float16"):
+            assert keras.mixed_precision.global_policy().name == "mixed_float16"
+            raise RuntimeError
         assert keras.mixed_precision.global_policy().name == "float32"
         assert configure_precision("on", gpus=[]) == "mixed_float16"
         with plan.strategy.scope():
