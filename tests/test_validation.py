@@ -359,3 +359,20 @@ def test_oversized_chip_is_rejected_from_metadata_alone(dataset):
     assert pd.isna(facts.loc[BROKEN, "image_hash"]) and pd.isna(facts.loc[BROKEN,
                                                                           "tailings_fraction"])
     assert not pd.isna(facts.loc["chip_000", "image_hash"])
+
+
+def test_chips_that_share_ground_are_a_warning_naming_their_groups(dataset):
+    for folder in ("images", "masks"):  # chip_006: chip_000's grid shifted by 10 pixels
+        with rasterio.open(dataset / folder / "chip_000.tif") as source:
+            profile, data = source.profile, source.read()
+            profile["transform"] = source.transform * rasterio.Affine.translation(10, 10)
+            scales, offsets = source.scales, source.offsets
+        with rasterio.open(dataset / folder / "chip_006.tif", "w", **profile) as copy:
+            copy.write(data if folder == "masks" else data[:, ::-1])  # not a duplicate image
+            copy.scales, copy.offsets = scales, offsets
+    result = validate_dataset(dataset, CONFIG)
+    assert result.usable
+    [warning] = [w for w in result.warnings if w["check"] == "chips_overlap"]
+    assert warning["chip_ids"] == ["chip_000", "chip_006"]
+    assert "2 chips in 1 groups share ground" in warning["message"]
+    assert result.report["overlap_groups"] == {"chip_000": ["chip_000", "chip_006"]}

@@ -59,6 +59,19 @@ def _entry(failure: Failure) -> dict:
     return entry | ({"chip_ids": list(failure.chip_ids)} if failure.chip_ids else {})
 
 
+def _overlaps(valid) -> dict[str, list[str]]:
+    """{group key: chip ids} of the valid chips that share ground (tailseg.overlaps)."""
+    from tailseg.dataset import ChipPair
+    from tailseg.overlaps import overlap_groups, read_footprints
+
+    pairs = [ChipPair(row.chip_id, Path(row.image_path), Path(row.mask_path))
+             for row in valid.itertuples()]
+    members: dict[str, list[str]] = {}
+    for chip_id, key in sorted(overlap_groups(read_footprints(pairs)).items()):
+        members.setdefault(key, []).append(chip_id)
+    return {key: ids for key, ids in members.items() if len(ids) > 1}
+
+
 def validate_dataset(data_dir: str | Path, config: ValidationConfig,
                      convention: Convention = "auto",
                      previous_stats: dict | None = None) -> ValidationResult:
@@ -93,6 +106,14 @@ def validate_dataset(data_dir: str | Path, config: ValidationConfig,
             f"{len(quarantined)} of {n_chips} chips ({len(quarantined) / n_chips:.0%}) failed "
             f"chip checks, at most {config.max_quarantined_share:.0%} may be quarantined: "
             f"{', '.join(sorted(quarantined))}"), "critical", chip_ids=tuple(sorted(quarantined))))
+    groups = _overlaps(valid)
+    if groups:
+        outcomes.append(Failure("chips_overlap", (
+            f"{sum(len(ids) for ids in groups.values())} chips in {len(groups)} groups share "
+            "ground with other chips (each labelling its own site): the split keeps a group "
+            "in one part and data.overlaps: merge gives each chip its neighbours' labels; "
+            "groups: " + "; ".join(", ".join(ids) for ids in groups.values())), "warning",
+            chip_ids=tuple(sorted(c for ids in groups.values() for c in ids))))
     failures = [_entry(f) for f in outcomes if f.severity == "critical"]
     warnings = [_entry(f) for f in outcomes if f.severity != "critical"]
     versions = [suite_version(CHIP_SUITE), suite_version(DATASET_SUITE)]
@@ -108,6 +129,7 @@ def validate_dataset(data_dir: str | Path, config: ValidationConfig,
                          "checks": sorted({f["check"] for f in reasons}), "failures": reasons}
                         for chip_id, reasons in sorted(quarantined.items())],
         "dataset_failures": failures, "warnings": warnings, "band_stats": stats,
+        "overlap_groups": groups,
         "gx": {"chips": chip_result.describe_dict(), "dataset": dataset_result.describe_dict()},
         "seconds": round(time.perf_counter() - started, 3)})
     page = render_html(report, [(versions[0], render_gx_html(chip_result)),
