@@ -60,7 +60,20 @@ def threshold_rule(config: dict, metrics: dict) -> tuple[str, bool]:
     return f"chosen to maximise IoU on the validation split{edge}", True
 
 
-def _limitations(sizes: dict[str, int], share: dict | None, chosen: bool) -> str:
+OVERLAP_LINES = {
+    "merge": "Chips that share ground stayed in one part of the split, and each chip was given "
+             "the labels of the chips overlapping it (data.overlaps: merge).",
+    "group": "Chips that share ground stayed in one part of the split; their labels were not "
+             "merged, so a site labelled in one is background in the other (data.overlaps: "
+             "group).",
+    "ignore": "Chips that share ground were split independently (data.overlaps: ignore): test "
+              "chips may cover training ground, and overlapping chips contradict each other's "
+              "labels; the test scores are optimistic.",
+}
+
+
+def _limitations(sizes: dict[str, int], share: dict | None, chosen: bool,
+                 overlaps: str = "merge") -> str:
     rule = ("The decision threshold was chosen on the validation split; re-check it on new "
             "areas." if chosen else "The decision threshold was fixed by configuration, not "
             "tuned on these data; check it on new areas.")
@@ -74,6 +87,7 @@ def _limitations(sizes: dict[str, int], share: dict | None, chosen: bool) -> str
   reports large IoU drops under region shift.
 - Labels are partial: each chip labels one tailings site and leaves other tailings as background,
   so precision is underestimated and the model may learn to miss some sites.
+  {OVERLAP_LINES[overlaps]}
 - {share_line}: pixel accuracy is not informative; judge by IoU and F1.
 - Water bodies, bare soil and open-pit mines look alike in RGB; expect false positives there.
 - {rule}"""
@@ -190,5 +204,5 @@ Decision threshold: **{threshold:.2f}** ({rule}).
 Blessed: {decision.get("blessed")}. {" ".join(decision.get("reasons", []))}
 
 ## Known limitations
-{_limitations(sizes, share, chosen)}
+{_limitations(sizes, share, chosen, config.get("data", {}).get("overlaps", "merge"))}
 """

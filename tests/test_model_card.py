@@ -96,3 +96,11 @@ def test_publish_finds_the_share_and_the_excluded_chips_of_a_dataset(tmp_path):
     fractions = [read_mask(root / "masks" / f"{chip}.tif").data.mean()
                  for chip in ("chip_000", "chip_001", "chip_002", "chip_003")]
     assert share["chips"] == 4 and share["mean"] == pytest.approx(np.mean(fractions))
+
+
+def test_the_card_says_how_overlapping_chips_were_handled():
+    assert "given the labels of the chips overlapping it (data.overlaps: merge)" in card()
+    ignored = card(config={"data": {"overlaps": "ignore"}})
+    assert "test chips may cover training ground" in ignored
+    assert "data.overlaps: merge" not in ignored
+    assert "(data.overlaps: group)" in card(config={"data": {"overlaps": "group"}})
