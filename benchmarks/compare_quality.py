@@ -245,9 +245,9 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float,
     report = {"epochs": epochs}
     for name in names:
         report[name] = summarise(per_fold[name], *pooled[name])
+        report[name]["holdout_iou_fold_models"] = [round(v, 4) for v in holdout_single[name]]
     if stored_masks is not None:
         report["plain"]["pooled_stored_labels"] = scores(stored_counts)
-        report[name]["holdout_iou_fold_models"] = [round(v, 4) for v in holdout_single[name]]
     ensembles = {tta: [np.mean(stack, axis=0) for stack in zip(*stacks, strict=True)]
                  for tta, stacks in holdout_probabilities.items()}
     # The ensemble's threshold: the best on the pooled out-of-fold predictions.
