@@ -76,11 +76,13 @@ def _parity_sample(config: RunConfig, split: dict, count: int = 3) -> np.ndarray
     return np.stack([c.image for c in chips if c.image.shape == size][:count])
 
 
-def _split_tailings_share(config: RunConfig, split: dict) -> dict:
-    """tailings_share of the masks of every chip in the split (masks only, no images)."""
+def _split_tailings_share(config: RunConfig, split: dict) -> dict | None:
+    """tailings_share of the stored masks of the split's chips found in the data folder (masks
+    only, no images); None when none is there (the card then cites the dataset README)."""
     pairs = {pair.chip_id: pair for pair in find_pairs(config.data.data_dir)[0]}
-    return tailings_share(read_mask(pairs[chip_id].mask).data
-                          for part in PARTS for chip_id in split[part])
+    found = [pairs[chip_id].mask for part in PARTS for chip_id in split[part]
+             if chip_id in pairs]
+    return tailings_share(read_mask(path).data for path in found) if found else None
 
 
 def excluded_chips(config: RunConfig, split: dict) -> dict[str, str]:

@@ -96,6 +96,10 @@ def test_publish_finds_the_share_and_the_excluded_chips_of_a_dataset(tmp_path):
     fractions = [read_mask(root / "masks" / f"{chip}.tif").data.mean()
                  for chip in ("chip_000", "chip_001", "chip_002", "chip_003")]
     assert share["chips"] == 4 and share["mean"] == pytest.approx(np.mean(fractions))
+    # Chips the data folder does not hold are left out; with none found the card cites the
+    # dataset README instead of failing the export.
+    assert _split_tailings_share(config, {**split, "test": ["chip_003", "gone"]})["chips"] == 4
+    assert _split_tailings_share(config, {"train": ["a"], "val": ["b"], "test": ["c"]}) is None
 
 
 def test_the_card_says_how_overlapping_chips_were_handled():
