@@ -16,11 +16,13 @@ here:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
 NOT_COVERED = 255
 
 
@@ -112,7 +114,15 @@ def merge_labels(chips: list, footprints: dict[str, Footprint],
     """The chips with each mask the union of its own labels and the labels (as stored in
     mask_paths) of every chip in footprints that shares ground with it. Chips without a
     footprint, or without overlapping chips, come back unchanged."""
+    from tailseg.errors import TailsegError
     from tailseg.raster import read_mask
+
+    def stored(chip_id: str) -> np.ndarray | None:
+        try:
+            return read_mask(mask_paths[chip_id]).data
+        except TailsegError as error:  # a quarantined chip's mask gives no labels
+            logger.warning("not merging the labels of %s: %s", chip_id, error)
+            return None
 
     neighbours: dict[str, list[str]] = {}
     for first, second in overlapping_pairs(footprints):
@@ -122,8 +132,10 @@ def merge_labels(chips: list, footprints: dict[str, Footprint],
     for chip in chips:
         mask = chip.mask
         for other in neighbours.get(chip.chip_id, []):
-            stored = read_mask(mask_paths[other]).data
-            resampled = resample_mask(stored, footprints[other], footprints[chip.chip_id])
+            labels = stored(other)
+            if labels is None:
+                continue
+            resampled = resample_mask(labels, footprints[other], footprints[chip.chip_id])
             mask = np.where(resampled == 1, np.uint8(1), mask)
         merged.append(chip if mask is chip.mask else replace(chip, mask=mask))
     return merged

@@ -171,3 +171,14 @@ def test_bundled_chips_get_their_neighbours_sites(bundled_data):
     for before, after in zip(chips, merged, strict=True):
         assert after.mask.sum() > before.mask.sum()
         assert (after.mask >= before.mask).all()  # labels are only added
+
+
+def test_a_neighbour_whose_mask_is_not_0_and_1_gives_no_labels(overlapping, caplog):
+    # A quarantined chip (here: b's mask holds a 2) must not stop the others' loading.
+    root, pairs = overlapping
+    chips, _ = load_chips([pair for pair in pairs if pair.chip_id == "a"])
+    write_mask(root / "masks" / "b.tif", np.full((SIZE, SIZE), 2, np.uint8),
+               transform=default_transform(origin=(ORIGIN[0] + 20 * PIXEL_DEG, ORIGIN[1])))
+    merged, _ = apply_overlaps(chips, pairs, "merge")
+    np.testing.assert_array_equal(merged[0].mask, chips[0].mask)
+    assert "not merging the labels of b" in caplog.text
