@@ -49,13 +49,20 @@ class Footprint:
 
 def read_footprints(pairs) -> dict[str, Footprint]:
     """{chip id: footprint} of the ChipPairs whose image and mask share their grid, from the
-    files' headers (no pixels are read). A pair whose grids differ (a truncated export) fails
-    to load anyway and is left out, so its label is merged nowhere."""
+    files' headers (no pixels are read). A pair whose grids differ (a truncated export) or
+    whose files do not open fails to load anyway and is left out, so its label is merged
+    nowhere."""
     import rasterio
 
     footprints = {}
     for pair in pairs:
-        with rasterio.open(pair.mask) as mask, rasterio.open(pair.image) as image:
+        try:
+            mask, image = rasterio.open(pair.mask), rasterio.open(pair.image)
+        except rasterio.errors.RasterioIOError as error:  # quarantined by validation
+            logger.warning("chip %s has no readable footprint, left out of the overlaps: %s",
+                           pair.chip_id, error)
+            continue
+        with mask, image:
             if (mask.width, mask.height, mask.crs) != (image.width, image.height, image.crs) \
                     or not mask.transform.almost_equals(image.transform):
                 continue

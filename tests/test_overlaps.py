@@ -182,3 +182,10 @@ def test_a_neighbour_whose_mask_is_not_0_and_1_gives_no_labels(overlapping, capl
     merged, _ = apply_overlaps(chips, pairs, "merge")
     np.testing.assert_array_equal(merged[0].mask, chips[0].mask)
     assert "not merging the labels of b" in caplog.text
+
+
+def test_a_chip_whose_files_do_not_open_is_left_out_of_the_footprints(overlapping, caplog):
+    root, pairs = overlapping
+    (root / "masks" / "c.tif").write_bytes(b"")  # an empty file, quarantined by validation
+    assert sorted(read_footprints(pairs)) == ["a", "b", "d"]
+    assert "chip c has no readable footprint" in caplog.text
