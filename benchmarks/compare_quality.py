@@ -182,10 +182,26 @@ def summarise(per_fold: list[dict], pooled: Counts, sites: SiteCounts, off_label
             "thresholds": [fold["threshold"] for fold in per_fold]}
 
 
+def save_probabilities(path: Path, parts: dict[str, list], probabilities: dict[str, list]
+                       ) -> None:
+    """One fold's predicted probabilities (float16), keyed "<part>/<chip id>", for
+    ensemble_cv.py to average across runs of the same folds without retraining."""
+    arrays = {f"{part}/{chip.chip_id}": probability.astype(np.float16)
+              for part, chips in parts.items()
+              for chip, probability in zip(chips, probabilities[part], strict=True)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez_compressed(partial, **arrays)
+    partial.replace(path)
+
+
 def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float,
-                groups: dict | None = None, stored_masks: dict | None = None) -> dict:
+                groups: dict | None = None, stored_masks: dict | None = None,
+                save_dir: Path | None = None, variant: str = "variant") -> dict:
     """Cross-validate one variant. With stored_masks (the labels as stored, before a merge)
-    the plain predictions are also scored against them ("pooled_stored_labels")."""
+    the plain predictions are also scored against them ("pooled_stored_labels"). With
+    save_dir, each fold's plain and flip-TTA probabilities of its validation, test and held-out
+    chips go to save_dir/<variant>/fold<k>[_tta].npz."""
     fold_of = assign_folds(list(chips), folds, config.data.seed, groups)
     stored_counts = Counts()
     options = {"plain": (False, 0.0), "tta": (True, 0.0), "plain_min_site": (False, min_ha),
@@ -214,6 +230,12 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float,
             test = parts["test"]
             test_probabilities = predict_chips(predict, test, 4)
             held_probabilities = predict_chips(predict, holdout, 4)
+            if save_dir is not None:
+                save_probabilities(
+                    save_dir / variant / f"fold{fold}{'_tta' if tta else ''}.npz",
+                    {"val": val, "test": test, "holdout": holdout},
+                    {"val": val_probabilities, "test": test_probabilities,
+                     "holdout": held_probabilities})
             if not tta:
                 for name, apply in SITE_FILTERS.items():
                     pair = pick_site_filter(name, val, val_probabilities, row_areas, min_ha)
@@ -280,6 +302,9 @@ def main() -> None:
                         help="Chips sharing ground (tailseg.overlaps; default: the config's)")
     parser.add_argument("--out", default="quality_cv",
                         help="A name under benchmarks/results/ or a path ending in .json")
+    parser.add_argument("--save-probabilities", type=Path, default=None, metavar="DIR",
+                        help="Keep every fold's probabilities under DIR/<variant>/ "
+                             "(for benchmarks/ensemble_cv.py)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     result_path(args.out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after hours
@@ -297,7 +322,8 @@ def main() -> None:
         config = variant_config(args.config, {**overrides, "verbose": 0, "epochs": args.epochs,
                                               "max_minutes": args.minutes}, model)
         results[name] = run_variant(config, chips, holdout, row_areas, args.folds,
-                                    args.min_site_ha, protocol.groups, protocol.stored_masks)
+                                    args.min_site_ha, protocol.groups, protocol.stored_masks,
+                                    args.save_probabilities, name)
         results[name]["seconds"] = round(time.monotonic() - started, 1)
         plain = results[name]["plain"]
         print(f"{name}: pooled IoU {plain['pooled']['iou']:.4f}, fold IoU "

@@ -1,0 +1,94 @@
+"""benchmarks/ensemble_cv.py: the folds compare_quality.py saves, the mean-probability ensemble
+of runs of the same folds, its threshold picked on the validation chips, and the refusal to
+average runs of other folds."""
+
+import numpy as np
+import pytest
+
+from benchmarks.compare_quality import save_probabilities
+from benchmarks.ensemble_cv import check_same_folds, cross_validate, load_member
+from tailseg.dataset import Chip
+
+SIZE = 16
+
+
+def _chip(chip_id: str) -> Chip:
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[4:12, 4:12] = 1
+    return Chip(chip_id, np.zeros((SIZE, SIZE, 3), np.float32), mask)
+
+
+CHIPS = {f"c{i}": _chip(f"c{i}") for i in range(4)}
+HOLDOUT = [_chip("h0")]
+AREAS = {chip_id: np.full(SIZE, 100.0) for chip_id in [*CHIPS, "h0"]}
+# One fold: validation c0, c1; test c2, c3; held out h0.
+PARTS = {"val": ["c0", "c1"], "test": ["c2", "c3"], "holdout": ["h0"]}
+
+
+def _member(left: float, right: float) -> list[dict]:
+    """A model that gives the site's left half `left` and its right half `right`, 0.1 off it."""
+    probability = np.full((SIZE, SIZE), 0.1, np.float32)
+    probability[4:12, 4:8] = left
+    probability[4:12, 8:12] = right
+    return [{part: {chip_id: probability.copy() for chip_id in ids}
+             for part, ids in PARTS.items()}]
+
+
+def test_saved_folds_load_back_by_part_and_chip(tmp_path):
+    val, test = [CHIPS["c0"]], [CHIPS["c2"]]
+    probability = np.linspace(0, 1, SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE)
+    for fold in range(2):
+        save_probabilities(tmp_path / "run" / f"fold{fold}.npz",
+                           {"val": val, "test": test, "holdout": HOLDOUT},
+                           {"val": [probability], "test": [probability * 0.5],
+                            "holdout": [probability]})
+    save_probabilities(tmp_path / "run" / "fold0_tta.npz", {"val": val, "test": test,
+                                                            "holdout": HOLDOUT},
+                       {"val": [probability], "test": [probability], "holdout": [probability]})
+    folds = load_member(tmp_path / "run")
+    assert len(folds) == 2 and sorted(folds[0]) == ["holdout", "test", "val"]
+    np.testing.assert_allclose(folds[1]["test"]["c2"], probability * 0.5, atol=1e-3)
+    assert len(load_member(tmp_path / "run", tta=True)) == 1
+    assert not list((tmp_path / "run").glob("*partial*"))
+    with pytest.raises(SystemExit, match="no fold"):
+        load_member(tmp_path / "missing")
+
+
+def test_an_ensemble_of_a_run_with_itself_scores_as_the_run():
+    member = _member(0.8, 0.3)
+    alone = cross_validate([member], CHIPS, HOLDOUT, AREAS, 0.0)
+    twice = cross_validate([member, member], CHIPS, HOLDOUT, AREAS, 0.0)
+    assert alone["plain"]["pooled"] == twice["plain"]["pooled"]
+
+
+def test_members_that_each_miss_half_the_site_together_find_it():
+    # Each member is sure of one half of the site (0.9) and puts the other half below the
+    # background (0.05 against 0.1): alone, no threshold finds more than half the site (IoU
+    # 0.5); their mean is 0.475 everywhere on the site, above the background.
+    left, right = _member(0.9, 0.05), _member(0.05, 0.9)
+    for member in (left, right):
+        assert cross_validate([member], CHIPS, HOLDOUT, AREAS, 0.0)[
+            "plain"]["pooled"]["iou"] == pytest.approx(0.5)
+    together = cross_validate([left, right], CHIPS, HOLDOUT, AREAS, 0.0)
+    assert together["plain"]["pooled"]["iou"] == pytest.approx(1.0)
+    assert together["plain"]["holdout_ensemble"]["iou"] == pytest.approx(1.0)
+
+
+def test_the_threshold_is_picked_on_the_validation_chips_not_the_test_chips():
+    member = _member(0.8, 0.8)
+    # The test chips' site is fainter (0.35) than the validation chips' (0.8): the validation
+    # chips' best threshold (the one closest to 0.5 of those that tie) misses it entirely.
+    for chip_id in PARTS["test"]:
+        member[0]["test"][chip_id][4:12, 4:12] = 0.35
+    report = cross_validate([member], CHIPS, HOLDOUT, AREAS, 0.0)
+    assert report["plain"]["thresholds"] == [0.5]
+    assert report["plain"]["pooled"]["iou"] == 0.0
+
+
+def test_runs_of_other_folds_are_refused():
+    other = _member(0.8, 0.3)
+    other[0]["test"]["c1"] = other[0]["test"].pop("c2")
+    with pytest.raises(SystemExit, match="fold 0 test chips differ"):
+        check_same_folds({"a": _member(0.8, 0.3), "b": other})
+    with pytest.raises(SystemExit, match="1 folds"):
+        check_same_folds({"a": _member(0.8, 0.3) * 2, "b": other})
