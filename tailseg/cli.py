@@ -165,6 +165,11 @@ def _add_evaluate(subparsers) -> None:
                              "`predict` drops them (default: %(default)s; 0 keeps all)")
     parser.add_argument("--tta", action="store_true",
                         help="Test-time augmentation: average the predictions of 4 flips")
+    parser.add_argument("--overlaps", choices=["merge", "ignore"], default="merge",
+                        help="merge: score each chip against its own labels and those of the "
+                             "chips sharing its ground, as training does (data.overlaps, "
+                             "tailseg/overlaps.py); ignore: the masks as stored "
+                             "(default: %(default)s)")
     _add_overwrite(parser)
     parser.set_defaults(handler=_evaluate)
 
@@ -173,6 +178,7 @@ def _evaluate(args) -> int:
     from tailseg.backends import load_predictor
     from tailseg.dataset import find_pairs, load_chips
     from tailseg.evaluate import evaluate_probabilities, predict_chips, threshold_sweep
+    from tailseg.overlaps import apply_overlaps
     from tailseg.sites import evaluate_sites, raster_row_areas, site_line
     from tailseg.tta import flip_tta
 
@@ -190,6 +196,7 @@ def _evaluate(args) -> int:
     if not chips:
         reasons = "".join(f"\n  {reason}" for reason in list(excluded.values())[:5])
         raise TailsegError(f"{args.data}: no usable chips ({len(excluded)} excluded){reasons}")
+    chips, _ = apply_overlaps(chips, pairs, args.overlaps)
     threshold = (args.threshold if args.threshold is not None
                  else predictor.metadata.get("threshold", 0.5))
     if not 0.0 < threshold < 1.0:
@@ -204,7 +211,7 @@ def _evaluate(args) -> int:
                                      min_site_pixels=args.min_site_pixels,
                                      min_site_ha=args.min_site_ha)
     report |= {"model": str(predictor.path), "backend": predictor.backend,
-               "excluded": excluded | unpaired}
+               "excluded": excluded | unpaired, "overlaps": args.overlaps}
     outputs = [("--json", Path(args.json_out), _json_text(report))] if args.json_out else []
     if plots:
         figures = _figures(chips, probabilities, report, predictor.metadata)

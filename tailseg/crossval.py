@@ -32,7 +32,7 @@ from tailseg.evaluate import (
     threshold_sweep,
 )
 from tailseg.metrics import Counts, counts_dict, scores
-from tailseg.overlaps import apply_overlaps
+from tailseg.overlaps import apply_overlaps, group_members
 from tailseg.sites import SiteCounts, raster_row_areas, site_counts, site_scores
 from tailseg.train import train_model
 from tailseg.tta import flip_tta
@@ -44,14 +44,6 @@ SUMMARY_METRICS = ("iou", "f1", "precision", "recall")
 
 def _hash(salt: str, seed: int, chip_id: str) -> bytes:
     return hashlib.sha256(f"{salt}:{seed}:{chip_id}".encode()).digest()
-
-
-def _grouped(chip_ids, groups: dict[str, str] | None) -> dict[str, list[str]]:
-    """{group key: sorted chip ids}; a chip not in groups is a group of its own."""
-    members: dict[str, list[str]] = {}
-    for chip_id in sorted(set(chip_ids)):
-        members.setdefault((groups or {}).get(chip_id, chip_id), []).append(chip_id)
-    return members
 
 
 def assign_folds(chip_ids: list[str], folds: int, seed: int,
@@ -70,7 +62,7 @@ def assign_folds(chip_ids: list[str], folds: int, seed: int,
     if len(ids) < 3 * folds:
         raise ValueError(f"{len(ids)} chips are too few for {folds} folds; use at most "
                          f"{len(ids) // 3} folds")
-    members = _grouped(ids, groups)
+    members = group_members(ids, groups)
     sizes, fold_of = [0] * folds, {}
     for key in sorted(members, key=lambda key: _hash("cv", seed, key)):
         fold = sizes.index(min(sizes))
@@ -86,7 +78,7 @@ def fold_split(fold_of: dict[str, int], fold: int, val_fraction: float, seed: in
     test = sorted(c for c, f in fold_of.items() if f == fold)
     rest = [c for c, f in fold_of.items() if f != fold]
     n_val = min(len(rest) - 1, max(1, round(len(rest) * val_fraction)))
-    members = _grouped(rest, groups)
+    members = group_members(rest, groups)
     val: list[str] = []
     for key in sorted(members, key=lambda key: _hash("cv-val", seed, key)):
         if len(val) >= n_val:

@@ -16,6 +16,7 @@ here:
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,24 +52,42 @@ def read_footprints(pairs) -> dict[str, Footprint]:
     """{chip id: footprint} of the ChipPairs whose image and mask share their grid, from the
     files' headers (no pixels are read). A pair whose grids differ (a truncated export) or
     whose files do not open fails to load anyway and is left out, so its label is merged
-    nowhere."""
-    import rasterio
-
+    nowhere. Headers are read once per file version (path, size, modification time) in a
+    process: a run loads chips several times (training, validation, test, gate)."""
     footprints = {}
     for pair in pairs:
-        try:
-            mask, image = rasterio.open(pair.mask), rasterio.open(pair.image)
-        except rasterio.errors.RasterioIOError as error:  # quarantined by validation
-            logger.warning("chip %s has no readable footprint, left out of the overlaps: %s",
-                           pair.chip_id, error)
-            continue
-        with mask, image:
-            if (mask.width, mask.height, mask.crs) != (image.width, image.height, image.crs) \
-                    or not mask.transform.almost_equals(image.transform):
-                continue
-            footprints[pair.chip_id] = Footprint(pair.chip_id, mask.crs, mask.transform,
-                                                 mask.width, mask.height)
+        footprint = _footprint(pair.chip_id, str(pair.image), str(pair.mask),
+                               _file_version(pair.image), _file_version(pair.mask))
+        if footprint is not None:
+            footprints[pair.chip_id] = footprint
     return footprints
+
+
+def _file_version(path) -> tuple[int, int] | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4096)
+def _footprint(chip_id: str, image_path: str, mask_path: str, image_version, mask_version
+               ) -> Footprint | None:
+    """The footprint of one pair (the versions key the cache only)."""
+    import rasterio
+
+    try:
+        mask, image = rasterio.open(mask_path), rasterio.open(image_path)
+    except rasterio.errors.RasterioIOError as error:  # quarantined by validation
+        logger.warning("chip %s has no readable footprint, left out of the overlaps: %s",
+                       chip_id, error)
+        return None
+    with mask, image:
+        if (mask.width, mask.height, mask.crs) != (image.width, image.height, image.crs) \
+                or not mask.transform.almost_equals(image.transform):
+            return None
+        return Footprint(chip_id, mask.crs, mask.transform, mask.width, mask.height)
 
 
 def overlapping_pairs(footprints: dict[str, Footprint]) -> list[tuple[str, str]]:
@@ -87,9 +106,11 @@ def overlapping_pairs(footprints: dict[str, Footprint]) -> list[tuple[str, str]]
     return pairs
 
 
-def overlap_groups(footprints: dict[str, Footprint]) -> dict[str, str]:
+def overlap_groups(footprints: dict[str, Footprint],
+                   pairs: list[tuple[str, str]] | None = None) -> dict[str, str]:
     """{chip id: group key}: chips linked by shared ground, directly or through others, have
-    the same key, the smallest chip id of their group."""
+    the same key, the smallest chip id of their group. pairs: overlapping_pairs(footprints),
+    when already known."""
     parent = {chip_id: chip_id for chip_id in footprints}
 
     def root(chip_id: str) -> str:
@@ -98,10 +119,19 @@ def overlap_groups(footprints: dict[str, Footprint]) -> dict[str, str]:
             chip_id = parent[chip_id]
         return chip_id
 
-    for first, second in overlapping_pairs(footprints):
+    for first, second in overlapping_pairs(footprints) if pairs is None else pairs:
         a, b = root(first), root(second)
         parent[max(a, b)] = min(a, b)
     return {chip_id: root(chip_id) for chip_id in footprints}
+
+
+def group_members(chip_ids, groups: dict[str, str] | None) -> dict[str, list[str]]:
+    """{group key: sorted chip ids} of chip_ids under groups ({chip id: key}, as
+    overlap_groups returns); a chip that groups does not name is a group of its own."""
+    members: dict[str, list[str]] = {}
+    for chip_id in sorted(set(chip_ids)):
+        members.setdefault((groups or {}).get(chip_id, chip_id), []).append(chip_id)
+    return members
 
 
 def resample_mask(mask: np.ndarray, source: Footprint, target: Footprint) -> np.ndarray:
@@ -117,10 +147,12 @@ def resample_mask(mask: np.ndarray, source: Footprint, target: Footprint) -> np.
 
 
 def merge_labels(chips: list, footprints: dict[str, Footprint],
-                 mask_paths: dict[str, str | Path]) -> list:
+                 mask_paths: dict[str, str | Path],
+                 pairs: list[tuple[str, str]] | None = None) -> list:
     """The chips with each mask the union of its own labels and the labels (as stored in
-    mask_paths) of every chip in footprints that shares ground with it. Chips without a
-    footprint, or without overlapping chips, come back unchanged."""
+    mask_paths) of every chip in footprints that shares ground with it (pairs:
+    overlapping_pairs(footprints), when already known). Chips without a footprint, or without
+    overlapping chips, come back unchanged."""
     from tailseg.errors import TailsegError
     from tailseg.raster import read_mask
 
@@ -132,7 +164,7 @@ def merge_labels(chips: list, footprints: dict[str, Footprint],
             return None
 
     neighbours: dict[str, list[str]] = {}
-    for first, second in overlapping_pairs(footprints):
+    for first, second in overlapping_pairs(footprints) if pairs is None else pairs:
         neighbours.setdefault(first, []).append(second)
         neighbours.setdefault(second, []).append(first)
     merged = []
@@ -154,6 +186,8 @@ def apply_overlaps(chips: list, pairs, mode: str) -> tuple[list, dict[str, str]]
     if mode == "ignore":
         return chips, {}
     footprints = read_footprints(pairs)
+    overlapping = overlapping_pairs(footprints)
     if mode == "merge":
-        chips = merge_labels(chips, footprints, {pair.chip_id: pair.mask for pair in pairs})
-    return chips, overlap_groups(footprints)
+        chips = merge_labels(chips, footprints, {pair.chip_id: pair.mask for pair in pairs},
+                             overlapping)
+    return chips, overlap_groups(footprints, overlapping)

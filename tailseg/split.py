@@ -20,6 +20,7 @@ from typing import Literal
 
 from tailseg.config import DataConfig
 from tailseg.errors import SplitError
+from tailseg.overlaps import group_members
 
 Part = Literal["train", "val", "test"]
 PARTS: tuple[Part, ...] = ("train", "val", "test")
@@ -72,10 +73,7 @@ def split_record(chip_ids: list[str], config: DataConfig, source: str = "dataset
                  groups: dict[str, str] | None = None) -> dict:
     """The split as recorded with a run (and printed by `tailseg split`): ids per part plus
     everything that produced them (the groups of more than one chip included)."""
-    shared = {}
-    for chip_id in sorted(set(chip_ids)):
-        key = (groups or {}).get(chip_id, chip_id)
-        shared.setdefault(key, []).append(chip_id)
+    shared = group_members(chip_ids, groups)
     return {**split_ids(chip_ids, config, source, groups), "seed": config.seed,
             "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
             "method": METHOD,

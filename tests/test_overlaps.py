@@ -189,3 +189,32 @@ def test_a_chip_whose_files_do_not_open_is_left_out_of_the_footprints(overlappin
     (root / "masks" / "c.tif").write_bytes(b"")  # an empty file, quarantined by validation
     assert sorted(read_footprints(pairs)) == ["a", "b", "d"]
     assert "chip c has no readable footprint" in caplog.text
+
+
+def test_evaluate_scores_against_the_merged_labels_unless_told_to_ignore_them(overlapping):
+    # The tiny model marks bright pixels; a's and b's images are bright on both sites, so each
+    # map holds its neighbour's site: a hit under the merged labels, a false site as stored.
+    import json
+
+    from tailseg.cli import main
+    from tests.test_cli_inputs import write_tiny_onnx
+
+    root, pairs = overlapping
+    merged = {chip.chip_id: chip.mask
+              for chip in apply_overlaps(load_chips(pairs)[0], pairs, "merge")[0]}
+    for name in ("a", "b"):
+        transform = read_footprints(pairs)[name].transform
+        image = np.where(merged[name] == 1, 0.3, 0.05).astype(np.float32)
+        write_image(root / "images" / f"{name}.tif", np.stack([image] * 3), "float32",
+                    transform=transform)
+    model = write_tiny_onnx(root.parent / "model" / "1" / "model.onnx")
+    reports = {}
+    for mode in ("merge", "ignore"):
+        out = root.parent / f"{mode}.json"
+        assert main(["evaluate", "--model", str(model), "--data", str(root), "--overlaps", mode,
+                     "--json", str(out)]) == 0
+        reports[mode] = json.loads(out.read_text())
+    # 400 predicted pixels; c's 3 x 3 site is missed either way.
+    assert reports["merge"]["iou"] == pytest.approx(400 / 409)
+    assert reports["ignore"]["iou"] == pytest.approx(200 / 409)
+    assert reports["merge"]["overlaps"] == "merge"

@@ -62,14 +62,12 @@ def _entry(failure: Failure) -> dict:
 def _overlaps(valid) -> dict[str, list[str]]:
     """{group key: chip ids} of the valid chips that share ground (tailseg.overlaps)."""
     from tailseg.dataset import ChipPair
-    from tailseg.overlaps import overlap_groups, read_footprints
+    from tailseg.overlaps import group_members, overlap_groups, read_footprints
 
     pairs = [ChipPair(row.chip_id, Path(row.image_path), Path(row.mask_path))
              for row in valid.itertuples()]
-    members: dict[str, list[str]] = {}
-    for chip_id, key in sorted(overlap_groups(read_footprints(pairs)).items()):
-        members.setdefault(key, []).append(chip_id)
-    return {key: ids for key, ids in members.items() if len(ids) > 1}
+    groups = overlap_groups(read_footprints(pairs))
+    return {key: ids for key, ids in group_members(groups, groups).items() if len(ids) > 1}
 
 
 def validate_dataset(data_dir: str | Path, config: ValidationConfig,
