@@ -32,6 +32,7 @@ Write the CPU model and flags beside any number taken from it.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -195,6 +196,27 @@ def save_probabilities(path: Path, parts: dict[str, list], probabilities: dict[s
     partial.replace(path)
 
 
+def write_run_record(directory: Path, folds: int, config) -> None:
+    """run.json beside a variant's saved folds: what ensemble_cv.py must find equal in every
+    run it averages (the folds, and the labels they were scored on)."""
+    record = {"folds": folds, "overlaps": config.data.overlaps, "data_seed": config.data.seed,
+              "val_fraction": config.data.val_fraction,
+              "test_fraction": config.data.test_fraction,
+              "data_dir": str(config.data.data_dir), "training_seed": config.training.seed,
+              "epochs": config.training.epochs}
+    (directory / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def check_save_directory(save_dir: Path, variants: list[str]) -> None:
+    """Refuse a save folder already holding one of the variants' files (stale folds would mix
+    with the new ones); create it, so that a bad path fails before training."""
+    for variant in variants:
+        if (save_dir / variant).exists() and any((save_dir / variant).iterdir()):
+            raise SystemExit(f"{save_dir / variant} is not empty: remove it or choose another "
+                             "--save-probabilities folder")
+    save_dir.mkdir(parents=True, exist_ok=True)
+
+
 def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float,
                 groups: dict | None = None, stored_masks: dict | None = None,
                 save_dir: Path | None = None, variant: str = "variant") -> dict:
@@ -264,6 +286,8 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float,
                 holdout_single[name].append(scores(held)["iou"])
         logging.info("fold %d/%d done: plain IoU %.4f, tta IoU %.4f", fold + 1, folds,
                      per_fold["plain"][-1]["iou"], per_fold["tta"][-1]["iou"])
+    if save_dir is not None:  # written last: the folds above are complete
+        write_run_record(save_dir / variant, folds, config)
     report = {"epochs": epochs}
     for name in names:
         report[name] = summarise(per_fold[name], *pooled[name])
@@ -308,6 +332,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     result_path(args.out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after hours
+    if args.save_probabilities:
+        check_save_directory(args.save_probabilities, args.variants)
     base = variant_config(args.config, {})
     if args.overlaps:
         base = base.model_copy(update={"data": base.data.model_copy(

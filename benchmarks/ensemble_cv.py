@@ -13,12 +13,18 @@ alone and every leading subset (the first 2, 3, ... members) are scored the same
 same saved float16 probabilities, so the ensemble is compared with its members on equal terms.
 The held-out chips: each fold's ensemble at its threshold, and all folds' models together at
 the threshold best on the pooled out-of-fold ensemble predictions.
+
+Members must be complete runs (run.json, written after the last fold) of the same folds, scored
+on the same labels (folds, overlaps mode, data seed and fractions equal); the labels and chips
+are those of --config with the runs' data settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -45,28 +51,56 @@ from tailseg.sites import SiteCounts, site_scores  # noqa: E402
 PARTS = ("val", "test", "holdout")
 
 
-def load_member(directory: Path, tta: bool = False) -> list[dict[str, dict[str, np.ndarray]]]:
-    """One run's saved folds: [fold] -> part -> chip id -> probability (float32)."""
-    suffix = "_tta" if tta else ""
-    paths = sorted(directory.glob(f"fold*{suffix}.npz"),
-                   key=lambda path: int(path.stem.removeprefix("fold").removesuffix("_tta")))
-    paths = [path for path in paths if path.stem.endswith("_tta") == tta]
-    if not paths:
-        raise SystemExit(f"{directory}: no fold*{suffix}.npz files (compare_quality.py "
-                         "--save-probabilities writes them)")
-    folds = []
-    for path in paths:
-        with np.load(path) as stored:
+FOLD_FILE = re.compile(r"fold(\d+)(_tta)?\.npz")
+# run.json entries that must be equal in every member: the same folds, scored on the same labels.
+SAME = ("folds", "overlaps", "data_seed", "val_fraction", "test_fraction")
+
+
+def read_run(directory: Path) -> dict:
+    """A run's run.json, written by compare_quality.py once all its folds are saved."""
+    path = directory / "run.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: missing; compare_quality.py --save-probabilities writes it "
+                         "when the run's last fold is saved (an unfinished run has none)") from None
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{path}: unreadable ({error})") from None
+    missing = [key for key in SAME if key not in record]
+    if missing:
+        raise SystemExit(f"{path}: lacks {missing}")
+    return record
+
+
+def load_member(directory: Path, tta: bool = False, folds: int | None = None
+                ) -> list[dict[str, dict[str, np.ndarray]]]:
+    """One run's saved folds: [fold] -> part -> chip id -> probability (float32). With folds,
+    exactly the files fold0 ... fold<folds - 1> (of the TTA'd probabilities with tta)."""
+    found = {}
+    for path in directory.glob("fold*.npz") if directory.is_dir() else []:
+        match = FOLD_FILE.fullmatch(path.name)
+        if match and bool(match.group(2)) == tta:
+            found[int(match.group(1))] = path
+    if not found:
+        raise SystemExit(f"{directory}: no fold<k>{'_tta' if tta else ''}.npz files "
+                         "(compare_quality.py --save-probabilities writes them)")
+    if folds is not None and sorted(found) != list(range(folds)):
+        raise SystemExit(f"{directory}: fold files {sorted(found)}, but run.json says "
+                         f"{folds} folds (0 to {folds - 1})")
+    loaded = []
+    for index in sorted(found):
+        with np.load(found[index]) as stored:
             fold = {part: {} for part in PARTS}
             for key in stored.files:
                 part, chip_id = key.split("/", 1)
                 fold[part][chip_id] = stored[key].astype(np.float32)
-        folds.append(fold)
-    return folds
+        loaded.append(fold)
+    return loaded
 
 
 def check_same_folds(members: dict[str, list[dict]]) -> None:
-    """Members must hold the same number of folds with the same chips in every part."""
+    """Members must hold the same number of folds with the same chips in every part, and each
+    run's test folds must not share a chip (every chip scored once)."""
     (first_name, first), *others = members.items()
     for name, folds in others:
         if len(folds) != len(first):
@@ -76,6 +110,21 @@ def check_same_folds(members: dict[str, list[dict]]) -> None:
                 if sorted(fold[part]) != sorted(reference[part]):
                     raise SystemExit(f"{name}: fold {index} {part} chips differ from "
                                      f"{first_name}'s: not runs of the same folds")
+    tested = [chip_id for fold in first for chip_id in fold["test"]]
+    if len(tested) != len(set(tested)):
+        raise SystemExit(f"{first_name}: a chip is in the test part of two folds")
+
+
+def check_same_runs(records: dict[str, dict]) -> dict:
+    """The run.json entries every member shares (SAME), or an error naming the difference."""
+    (first_name, first), *others = records.items()
+    for name, record in others:
+        for key in SAME:
+            if record[key] != first[key]:
+                raise SystemExit(f"{name}: {key} {record[key]!r}, {first_name}: "
+                                 f"{first[key]!r}; only runs of the same folds and labels "
+                                 "average")
+    return {key: first[key] for key in SAME}
 
 
 def mean_probabilities(members: list[list[dict]], fold: int, part: str) -> dict[str, np.ndarray]:
@@ -127,6 +176,12 @@ def cross_validate(members: list[list[dict]], chips: dict, holdout: list, row_ar
         held, held_sites, _ = score(holdout, everything, threshold, row_areas, option_min)
         report[name]["holdout_ensemble"] = {**scores(held), "threshold": threshold,
                                             "sites": site_scores(held_sites)}
+    for name, apply in SITE_FILTERS.items():  # parameters from the pooled out-of-fold chips
+        pair = pick_site_filter(name, oof_chips, oof_probabilities, row_areas, min_ha)
+        held, held_sites, _ = score_masks(holdout, [apply(p, *pair) for p in everything],
+                                          row_areas, min_ha)
+        report[name]["holdout_ensemble"] = {**scores(held), "threshold": list(pair),
+                                            "sites": site_scores(held_sites)}
     return report
 
 
@@ -135,26 +190,28 @@ def main() -> None:
     parser.add_argument("members", nargs="+", type=Path,
                         help="Directories of saved probabilities, DIR/<variant>")
     parser.add_argument("--config", default=str(ROOT / "zenml.yaml"))
-    parser.add_argument("--overlaps", choices=["merge", "group", "ignore"], default=None)
     parser.add_argument("--min-site-ha", type=float, default=0.5)
     parser.add_argument("--tta", action="store_true", help="Average the flip-TTA probabilities")
     parser.add_argument("--out", default="quality_cv_ensemble")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    members = {str(path): load_member(path, args.tta) for path in args.members}
+    records = {str(path): read_run(path) for path in args.members}
+    shared = check_same_runs(records)
+    members = {str(path): load_member(path, args.tta, shared["folds"]) for path in args.members}
     check_same_folds(members)
     base = variant_config(args.config, {})
-    if args.overlaps:
-        base = base.model_copy(update={"data": base.data.model_copy(
-            update={"overlaps": args.overlaps})})
+    base = base.model_copy(update={"data": base.data.model_copy(update={
+        key: shared[key] for key in ("overlaps", "val_fraction", "test_fraction")} | {
+        "seed": shared["data_seed"]})})
     protocol = protocol_chips(base)
-    missing = {chip_id for folds in members.values() for fold in folds
-               for part in ("val", "test") for chip_id in fold[part]} - set(protocol.chips)
-    if missing or sorted(next(iter(members.values()))[0]["holdout"]) != \
+    first = next(iter(members.values()))
+    tested = sorted(chip_id for fold in first for chip_id in fold["test"])
+    if tested != sorted(protocol.chips) or sorted(first[0]["holdout"]) != \
             sorted(chip.chip_id for chip in protocol.holdout):
-        raise SystemExit("the saved chips are not this configuration's cross-validation and "
-                         f"held-out chips (unknown: {sorted(missing)[:5]}); pass the run's "
-                         "--config and --overlaps")
+        raise SystemExit("the saved test folds and held-out chips are not the cross-validation "
+                         f"and held-out chips of {args.config} with the runs' data settings "
+                         f"({len(tested)} chips tested, {len(protocol.chips)} expected): pass "
+                         "the runs' --config")
     runs = list(members.values())
     names = [path.name for path in args.members]
     results = {}
@@ -172,7 +229,7 @@ def main() -> None:
               f"{report['hysteresis']['pooled']['iou']:.4f}, held-out ensemble "
               f"{plain['holdout_ensemble']['iou']:.4f}", file=sys.stderr)
     write_result(args.out, {"members": [str(path) for path in args.members], "tta": args.tta,
-                            "overlaps": args.overlaps or "config",
+                            **shared, "runs": records,
                             "min_site_ha": args.min_site_ha, "cpu": cpu(),
                             "ensembles": results})
 

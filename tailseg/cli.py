@@ -165,11 +165,11 @@ def _add_evaluate(subparsers) -> None:
                              "`predict` drops them (default: %(default)s; 0 keeps all)")
     parser.add_argument("--tta", action="store_true",
                         help="Test-time augmentation: average the predictions of 4 flips")
-    parser.add_argument("--overlaps", choices=["merge", "ignore"], default="merge",
+    parser.add_argument("--overlaps", choices=["merge", "ignore"], default=None,
                         help="merge: score each chip against its own labels and those of the "
-                             "chips sharing its ground, as training does (data.overlaps, "
-                             "tailseg/overlaps.py); ignore: the masks as stored "
-                             "(default: %(default)s)")
+                             "chips sharing its ground (tailseg/overlaps.py); ignore: the masks "
+                             "as stored (default: as the model was trained, data.overlaps in its "
+                             "metadata: merge, or ignore for group/ignore; merge without it)")
     _add_overwrite(parser)
     parser.set_defaults(handler=_evaluate)
 
@@ -196,7 +196,9 @@ def _evaluate(args) -> int:
     if not chips:
         reasons = "".join(f"\n  {reason}" for reason in list(excluded.values())[:5])
         raise TailsegError(f"{args.data}: no usable chips ({len(excluded)} excluded){reasons}")
-    chips, _ = apply_overlaps(chips, pairs, args.overlaps)
+    overlaps = args.overlaps or ("ignore" if predictor.metadata.get("overlaps") in
+                                 ("group", "ignore") else "merge")
+    chips, _ = apply_overlaps(chips, pairs, overlaps)
     threshold = (args.threshold if args.threshold is not None
                  else predictor.metadata.get("threshold", 0.5))
     if not 0.0 < threshold < 1.0:
@@ -211,7 +213,7 @@ def _evaluate(args) -> int:
                                      min_site_pixels=args.min_site_pixels,
                                      min_site_ha=args.min_site_ha)
     report |= {"model": str(predictor.path), "backend": predictor.backend,
-               "excluded": excluded | unpaired, "overlaps": args.overlaps}
+               "excluded": excluded | unpaired, "overlaps": overlaps}
     outputs = [("--json", Path(args.json_out), _json_text(report))] if args.json_out else []
     if plots:
         figures = _figures(chips, probabilities, report, predictor.metadata)

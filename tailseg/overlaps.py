@@ -16,7 +16,6 @@ here:
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,44 +49,34 @@ class Footprint:
 
 def read_footprints(pairs) -> dict[str, Footprint]:
     """{chip id: footprint} of the ChipPairs whose image and mask share their grid, from the
-    files' headers (no pixels are read). A pair whose grids differ (a truncated export) or
-    whose files do not open fails to load anyway and is left out, so its label is merged
-    nowhere. Headers are read once per file version (path, size, modification time) in a
-    process: a run loads chips several times (training, validation, test, gate)."""
+    files' headers (no pixels are read). A pair whose grids differ (a truncated export), whose
+    files lack a CRS or do not open fails to load anyway and is left out, so its label is
+    merged nowhere."""
     footprints = {}
     for pair in pairs:
-        footprint = _footprint(pair.chip_id, str(pair.image), str(pair.mask),
-                               _file_version(pair.image), _file_version(pair.mask))
+        footprint = _footprint(pair)
         if footprint is not None:
             footprints[pair.chip_id] = footprint
     return footprints
 
 
-def _file_version(path) -> tuple[int, int] | None:
-    try:
-        stat = Path(path).stat()
-    except OSError:
-        return None
-    return stat.st_size, stat.st_mtime_ns
-
-
-@functools.lru_cache(maxsize=4096)
-def _footprint(chip_id: str, image_path: str, mask_path: str, image_version, mask_version
-               ) -> Footprint | None:
-    """The footprint of one pair (the versions key the cache only)."""
+def _footprint(pair) -> Footprint | None:
     import rasterio
 
     try:
-        mask, image = rasterio.open(mask_path), rasterio.open(image_path)
+        with rasterio.open(pair.mask) as mask, rasterio.open(pair.image) as image:
+            if mask.crs is None or image.crs is None:
+                logger.warning("chip %s has no CRS (%s), left out of the overlaps", pair.chip_id,
+                               pair.mask if mask.crs is None else pair.image)
+                return None
+            if (mask.width, mask.height, mask.crs) != (image.width, image.height, image.crs) \
+                    or not mask.transform.almost_equals(image.transform):
+                return None
+            return Footprint(pair.chip_id, mask.crs, mask.transform, mask.width, mask.height)
     except rasterio.errors.RasterioIOError as error:  # quarantined by validation
         logger.warning("chip %s has no readable footprint, left out of the overlaps: %s",
-                       chip_id, error)
+                       pair.chip_id, error)
         return None
-    with mask, image:
-        if (mask.width, mask.height, mask.crs) != (image.width, image.height, image.crs) \
-                or not mask.transform.almost_equals(image.transform):
-            return None
-        return Footprint(chip_id, mask.crs, mask.transform, mask.width, mask.height)
 
 
 def overlapping_pairs(footprints: dict[str, Footprint]) -> list[tuple[str, str]]:

@@ -60,7 +60,8 @@ def publish_model(model: keras.Model, config: RunConfig, split: dict, metrics: d
                 "training_schedule": training_schedule_summary(training),
                 "test_sites": {k: v for k, v in metrics.get("sites", {}).items()
                                if k != "per_chip"},
-                "zenml_model_version": zenml_version}
+                "zenml_model_version": zenml_version,
+                "overlaps": config.data.overlaps}  # the labels it was scored on (evaluate)
     info = export_for_serving(model, export.export_dir, export.model_name,
                               model_multiple(model), _parity_sample(config, split),
                               opset=export.onnx_opset, metadata=metadata,

@@ -28,7 +28,7 @@ def tree_state(folder: Path) -> dict[str, bytes]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def write_tiny_onnx(path: Path) -> Path:
+def write_tiny_onnx(path: Path, metadata: dict | None = None) -> Path:
     """sigmoid(40 * (mean band reflectance - 0.13)): the bright synthetic tailings are found."""
     nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[3], keepdims=1),
              helper.make_node("Sub", ["mean", "offset"], ["centred"]),
@@ -42,7 +42,7 @@ def write_tiny_onnx(path: Path) -> Path:
          helper.make_tensor("gain", TensorProto.FLOAT, [], [40.0])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {"tailseg": json.dumps({"threshold": 0.5})})
+    helper.set_model_props(model, {"tailseg": json.dumps(metadata or {"threshold": 0.5})})
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path

@@ -5,8 +5,14 @@ average runs of other folds."""
 import numpy as np
 import pytest
 
-from benchmarks.compare_quality import save_probabilities
-from benchmarks.ensemble_cv import check_same_folds, cross_validate, load_member
+from benchmarks.compare_quality import check_save_directory, save_probabilities
+from benchmarks.ensemble_cv import (
+    check_same_folds,
+    check_same_runs,
+    cross_validate,
+    load_member,
+    read_run,
+)
 from tailseg.dataset import Chip
 
 SIZE = 16
@@ -92,3 +98,60 @@ def test_runs_of_other_folds_are_refused():
         check_same_folds({"a": _member(0.8, 0.3), "b": other})
     with pytest.raises(SystemExit, match="1 folds"):
         check_same_folds({"a": _member(0.8, 0.3) * 2, "b": other})
+
+
+def test_a_run_loads_only_its_own_complete_folds(tmp_path):
+    run = tmp_path / "run"
+    parts = {"val": [CHIPS["c0"]], "test": [CHIPS["c2"]], "holdout": HOLDOUT}
+    probability = np.full((SIZE, SIZE), 0.5, np.float32)
+    for fold in range(3):  # fold2 is left from an earlier run of three folds
+        save_probabilities(run / f"fold{fold}.npz", parts, {part: [probability] for part in parts})
+    (run / "fold1.npz.partial.npz").write_bytes(b"killed while writing")
+    assert len(load_member(run, folds=3)) == 3
+    with pytest.raises(SystemExit, match=r"fold files \[0, 1, 2\], but run.json says 2 folds"):
+        load_member(run, folds=2)
+    with pytest.raises(SystemExit, match="run.json: missing"):
+        read_run(run)
+    with pytest.raises(SystemExit, match="is not empty"):
+        check_save_directory(tmp_path, ["run"])
+    check_save_directory(tmp_path / "new" / "place", ["run"])
+    assert (tmp_path / "new" / "place").is_dir()
+
+
+def test_runs_scored_on_other_labels_or_folds_are_refused():
+    record = {"folds": 5, "overlaps": "merge", "data_seed": 42, "val_fraction": 0.15,
+              "test_fraction": 0.1}
+    assert check_same_runs({"a": record, "b": {**record, "training_seed": 7}}) == record
+    for key, other in (("overlaps", "group"), ("folds", 4), ("data_seed", 7)):
+        with pytest.raises(SystemExit, match=f"b: {key}"):
+            check_same_runs({"a": record, "b": {**record, key: other}})
+
+
+def test_a_chip_tested_in_two_folds_is_refused():
+    member = _member(0.8, 0.3) * 2
+    with pytest.raises(SystemExit, match="test part of two folds"):
+        check_same_folds({"a": member})
+
+
+def _two_folds(val_site: float) -> list[dict]:
+    """Fold 0: validation c0, test c2; fold 1: validation c1 (its site at val_site), test c3.
+    Held out h0: fold 0's model marks a false site (rows 0-3) that fold 1's model does not."""
+    site = np.full((SIZE, SIZE), 0.05, np.float32)
+    site[4:12, 4:12] = 0.9
+    false = site.copy()
+    false[0:3, :] = 0.9
+    faint = site.copy()
+    faint[4:12, 4:12] = val_site
+    return [{"val": {"c0": site}, "test": {"c2": site}, "holdout": {"h0": false}},
+            {"val": {"c1": faint}, "test": {"c3": site}, "holdout": {"h0": site}}]
+
+
+def test_the_held_out_ensemble_averages_every_fold_at_the_pooled_out_of_fold_threshold():
+    # Fold 1's faint validation site (0.42) makes its threshold 0.40; the pooled out-of-fold
+    # predictions prefer 0.50. Averaged, the held-out false site is 0.475: dropped at 0.50,
+    # kept at fold 1's 0.40 or with fold 0's model alone.
+    report = cross_validate([_two_folds(0.42)], CHIPS, HOLDOUT, AREAS, 0.0)["plain"]
+    assert report["thresholds"] == [0.5, 0.4]
+    assert report["holdout_ensemble"]["threshold"] == 0.5
+    assert report["holdout_ensemble"]["iou"] == pytest.approx(1.0)
+    assert report["holdout_iou_fold_models"][0] < 1.0

@@ -218,3 +218,20 @@ def test_evaluate_scores_against_the_merged_labels_unless_told_to_ignore_them(ov
     assert reports["merge"]["iou"] == pytest.approx(400 / 409)
     assert reports["ignore"]["iou"] == pytest.approx(200 / 409)
     assert reports["merge"]["overlaps"] == "merge"
+    # Without --overlaps: as the model was trained (its metadata), merge when it does not say.
+    for trained, expected in (("group", 200 / 409), ("ignore", 200 / 409), ("merge", 400 / 409),
+                              (None, 400 / 409)):
+        metadata = {"threshold": 0.5} | ({"overlaps": trained} if trained else {})
+        model = write_tiny_onnx(root.parent / f"model_{trained}" / "1" / "model.onnx", metadata)
+        out = root.parent / f"default_{trained}.json"
+        assert main(["evaluate", "--model", str(model), "--data", str(root), "--json",
+                     str(out)]) == 0
+        assert json.loads(out.read_text())["iou"] == pytest.approx(expected), trained
+
+
+def test_a_chip_without_a_crs_is_left_out_of_the_overlaps_by_name(overlapping, caplog):
+    root, pairs = overlapping
+    write_mask(root / "masks" / "d.tif", np.zeros((SIZE, SIZE), np.uint8), crs=None)
+    with caplog.at_level("WARNING"):
+        assert sorted(read_footprints(pairs)) == ["a", "b", "c"]
+    assert "chip d has no CRS" in caplog.text and "d.tif" in caplog.text

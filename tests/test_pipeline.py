@@ -76,6 +76,7 @@ def test_run_exports_a_versioned_model_and_promotes_it(first_run, data_dir):
     assert "Epochs run: 1, planned 1 (no time budget)" in card
     metadata = json.loads((saved_model / "assets.extra" / "tailseg.json").read_text())
     assert metadata["training_schedule"]["schedule_completed"] is True
+    assert metadata["overlaps"] == "merge"  # evaluate scores against the same labels
 
     from zenml.client import Client
     from zenml.enums import ModelStages
