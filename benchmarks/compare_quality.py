@@ -66,7 +66,7 @@ from tailseg.sites import (  # noqa: E402
     site_scores,
 )
 from tailseg.split import split_ids  # noqa: E402
-from tailseg.train import train_model  # noqa: E402
+from tailseg.train import train_members  # noqa: E402
 from tailseg.tta import flip_tta  # noqa: E402
 from tailseg.workflow import keras_predict, resolve_paths  # noqa: E402
 
@@ -121,6 +121,10 @@ VARIANTS: dict[str, dict] = {
     # receptive field, to tell a pond from the pits and dumps around it, at a third of the
     # default's FLOPs per pixel (28.8 against 92.5 k) and the same number of weights.
     "depth_5_filters_8": {"model": {"base_filters": 8, "depth": 5}},
+    # Three U-Nets per fold (seeds 42, 43, 44), their probabilities averaged
+    # (training.members): three times the training of the default. ensemble_cv.py measures
+    # the same kind of ensemble from saved runs of other seeds without training again.
+    "members_3": {"members": 3},
 }
 SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 # Site filters (post-processing, no retraining): a site of the thresholded map is kept by its
@@ -238,11 +242,13 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float,
     for fold in range(folds):
         split = fold_split(fold_of, fold, config.data.val_fraction, config.data.seed, groups)
         parts = {part: [chips[chip_id] for chip_id in ids] for part, ids in split.items()}
-        result = train_model(parts["train"], parts["val"], config.resolved_model(),
-                             config.training)
+        result = train_members(parts["train"], parts["val"], config.resolved_model(),
+                               config.training)
         epochs.append({"planned": result.info.get("planned_epochs"),
                        "run": result.info.get("epochs_run"), "best": result.best_epoch,
-                       "seconds": round(result.seconds, 1)})
+                       "seconds": round(result.seconds, 1),
+                       **({"members": result.info["member_schedules"]}
+                          if "member_schedules" in result.info else {})})
         base = keras_predict(result.model)
         for tta in (False, True):
             predict = flip_tta(base) if tta else base

@@ -68,14 +68,21 @@ def _run_report(summary: dict) -> str:
         lines.append(textwrap.fill(items, width=100, initial_indent="  stages:   ",
                                    subsequent_indent=" " * 12).replace("\xa0", " "))
     training = summary.get("training") or {}
-    if {"epochs_run", "planned_epochs"} <= training.keys():
+    if schedules := training.get("member_schedules"):
+        lines.append(f"  training: {len(schedules)} members, "
+                     + "; ".join(f"seed {m['seed']}: {m.get('epochs_run')} of "
+                                 f"{m.get('planned_epochs')} planned epochs, best epoch "
+                                 f"{m.get('best_epoch')}" for m in schedules)
+                     + (f", stopped: {training['stop_reason']}"
+                        if training.get("stop_reason") else ""))
+    elif {"epochs_run", "planned_epochs"} <= training.keys():
         lines.append(f"  training: {training['epochs_run']} of {training['planned_epochs']} "
                      f"planned epochs, best epoch {training.get('best_epoch', '?')}"
                      + (f", stopped: {training['stop_reason']}"
                         if training.get("stop_reason") else ""))
-        if training.get("stop_reason") == "time_budget":
-            lines.append("  WARNING: training was cut by the time budget before its "
-                         "learning-rate decay completed (training.max_minutes)")
+    if training.get("stop_reason") == "time_budget":
+        lines.append("  WARNING: training was cut by the time budget before its "
+                     "learning-rate decay completed (training.max_minutes)")
     if test := summary.get("test"):
         lines.append("  test:     " + "  ".join(f"{name} {value:.3f}"
                                                 for name, value in test.items()))

@@ -194,7 +194,7 @@ class BudgetSchedule(keras.callbacks.Callback):
 
 SUMMARY_KEYS = ("planned_epochs", "max_epochs", "epochs_run", "best_epoch", "restore_from",
                 "weight_average", "stop_reason", "schedule_completed", "budget_minutes",
-                "seconds_per_epoch", "seconds")
+                "seconds_per_epoch", "seconds", "members", "member_schedules")
 EXACT_KEYS = {"weight_average"}  # not rounded: 0.999 is not 1.0
 
 

@@ -99,6 +99,11 @@ class TrainConfig(Strict):
                                 "(tailseg/budget.py); a run cut by it says so.")
     mixed_precision: Literal["auto", "on", "off"] = Field(
         "auto", description="auto: mixed float16 on tensor-core GPUs, float32 on CPU.")
+    members: int = Field(
+        1, ge=1, le=8, description="U-Nets trained with seeds seed, seed + 1, ... and an equal "
+                                   "share of max_minutes; the exported model averages their "
+                                   "probabilities (tailseg/ensemble.py), at members times the "
+                                   "prediction cost.")
     seed: int = 42
     verbose: int = Field(1, ge=0, le=2)
 

@@ -34,7 +34,7 @@ from tailseg.evaluate import (
 from tailseg.metrics import Counts, counts_dict, scores
 from tailseg.overlaps import apply_overlaps, group_members
 from tailseg.sites import SiteCounts, raster_row_areas, site_counts, site_scores
-from tailseg.train import train_model
+from tailseg.train import train_members
 from tailseg.tta import flip_tta
 from tailseg.workflow import keras_predict
 
@@ -101,7 +101,8 @@ def run_fold(chips: dict[str, Chip], row_areas: dict[str, np.ndarray], split: di
     def pick(part: str) -> list[Chip]:
         return [chips[chip_id] for chip_id in split[part]]
 
-    result = train_model(pick("train"), pick("val"), config.resolved_model(), config.training)
+    result = train_members(pick("train"), pick("val"), config.resolved_model(),
+                           config.training)
     predict, batch = keras_predict(result.model), config.evaluation.batch_size
     predict = flip_tta(predict) if tta else predict
     if config.evaluation.threshold == "best_val_iou":

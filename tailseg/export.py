@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tailseg.accelerate import dtype_policy
 from tailseg.constants import BANDS
+from tailseg.ensemble import average_models, members_of
 from tailseg.errors import ExportError, ModelFormatError
 from tailseg.runtime import cpu_subprocess_environment
 
@@ -54,6 +55,12 @@ def float32_model(model: keras.Model) -> keras.Model:
     Raises:
         ExportError: a layer of the copy still computes in another dtype.
     """
+    members = members_of(model)
+    if len(members) > 1:  # each member of an ensemble on its own, then their mean again
+        copies = [float32_model(member) for member in members]
+        if all(copy is member for copy, member in zip(copies, members, strict=True)):
+            return model
+        return average_models(copies)
     if all(_float32(layer) for layer in model.layers):
         return model
 

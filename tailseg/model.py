@@ -11,6 +11,7 @@ from keras import layers
 
 from tailseg.config import ModelConfig
 from tailseg.constants import BANDS
+from tailseg.ensemble import members_of
 
 
 def _conv_block(x, filters: int, config: ModelConfig, name: str):
@@ -60,8 +61,10 @@ def build_unet(config: ModelConfig, band_mean: np.ndarray, band_std: np.ndarray)
 
 
 def model_multiple(model: keras.Model) -> int:
-    """Input height and width must be multiples of this: 2 ** (number of poolings)."""
-    return 2 ** sum(isinstance(layer, layers.MaxPooling2D) for layer in model.layers)
+    """Input height and width must be multiples of this: 2 ** (number of poolings), the
+    largest of an ensemble's members."""
+    return max(2 ** sum(isinstance(layer, layers.MaxPooling2D) for layer in member.layers)
+               for member in members_of(model))
 
 
 def flops_per_pixel(model: keras.Model) -> float:
@@ -71,6 +74,9 @@ def flops_per_pixel(model: keras.Model) -> float:
     1/4**l as many pixels as the input; a 2x2 stride-2 transposed convolution does one
     kernel tap per output pixel.
     """
+    members = members_of(model)
+    if len(members) > 1:  # an ensemble runs every member
+        return sum(flops_per_pixel(member) for member in members)
     depth = sum(1 for layer in model.layers if layer.name.startswith("pool"))
     total = 0.0
     for layer in model.layers:

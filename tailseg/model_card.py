@@ -115,6 +115,18 @@ def _schedule_text(training: dict) -> str:
             if restore else " (best validation IoU)")
     if training.get("weight_average"):
         kept += f", moving average of the weights (momentum {training['weight_average']:g})"
+    if schedules := training.get("member_schedules"):
+        members = "; ".join(
+            f"seed {m['seed']}: {m.get('epochs_run')} of {m.get('planned_epochs')} planned "
+            f"epochs, kept epoch {m.get('best_epoch')} (validation IoU "
+            f"{m.get('best_val_iou', float('nan')):.3f}), {m.get('stop_reason')}"
+            for m in schedules)
+        budget_share = (f" and a {budget / len(schedules):g}-minute share of the budget"
+                        if budget else "")
+        return (f"Ensemble of {len(schedules)} U-Nets (training.members), each with its own "
+                f"seed{budget_share}; the model outputs the mean of their probabilities. "
+                f"{members}. Overall: {stop}{kept}; training time "
+                f"{training.get('seconds', 0):.0f} s.")
     return (f"Epochs run: {training.get('epochs_run')}, {plan}; {stop}. Kept epoch: "
             f"{training.get('best_epoch')}{kept}, training time: "
             f"{training.get('seconds', 0):.0f} s "

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tailseg.accelerate import AccelerationPlan, dtype_policy, plan_acceleration
-from tailseg.budget import BudgetSchedule, PlannedCosineDecay
+from tailseg.budget import BudgetSchedule, PlannedCosineDecay, training_schedule_summary
 from tailseg.config import ModelConfig, TrainConfig
 from tailseg.dataset import (
     Chip,
@@ -21,6 +21,7 @@ from tailseg.dataset import (
     training_dataset,
     validation_dataset,
 )
+from tailseg.ensemble import average_models
 from tailseg.losses import get_loss
 from tailseg.model import build_unet
 
@@ -222,3 +223,43 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
                              **{f"accelerator_{k}": v for k, v in plan.describe().items()},
                              "band_mean": ",".join(f"{v:.5f}" for v in mean),
                              "band_std": ",".join(f"{v:.5f}" for v in std)})
+
+
+def train_members(train_chips: list[Chip], val_chips: list[Chip], model_config: ModelConfig,
+                  config: TrainConfig, extra_callbacks: list | None = None,
+                  plan: AccelerationPlan | None = None) -> TrainResult:
+    """config.members U-Nets (train_model each), member i with seed config.seed + i and an
+    equal share of the time budget, averaged into one model (tailseg.ensemble). With one
+    member, train_model itself.
+
+    The result's history, best epoch and schedule fields are the first member's (the training
+    curves show it); info["members"] counts the members, info["member_schedules"] holds each
+    one's seed, kept epoch and schedule, and stop_reason is "time_budget" when the budget cut
+    any member.
+    """
+    if config.members == 1:
+        return train_model(train_chips, val_chips, model_config, config, extra_callbacks, plan)
+    share = config.max_minutes / config.members if config.max_minutes else None
+    results = []
+    for index in range(config.members):
+        seed = config.seed + index
+        logger.info("training member %d of %d (seed %d%s)", index + 1, config.members, seed,
+                    f", {share:.1f} min budget" if share else "")
+        member = config.model_copy(update={"seed": seed, "max_minutes": share})
+        results.append(train_model(train_chips, val_chips, model_config, member,
+                                   extra_callbacks, plan))
+    schedules = [{"seed": config.seed + index, "best_epoch": result.best_epoch,
+                  "best_val_iou": float(max(result.history.get(MONITOR, [float("nan")]))),
+                  **training_schedule_summary(result.info), "seconds": round(result.seconds, 1)}
+                 for index, result in enumerate(results)]
+    cut = any(schedule["stop_reason"] == "time_budget" for schedule in schedules)
+    first = results[0]
+    seconds = sum(result.seconds for result in results)
+    return TrainResult(
+        model=average_models([result.model for result in results]), history=first.history,
+        best_epoch=first.best_epoch, seconds=seconds,
+        chips_per_second=float(np.mean([result.chips_per_second for result in results])),
+        info={**first.info, "members": config.members, "member_schedules": schedules,
+              "budget_minutes": config.max_minutes,  # the whole budget, shared by the members
+              "stop_reason": "time_budget" if cut else first.info["stop_reason"],
+              "schedule_completed": all(s["schedule_completed"] for s in schedules)})

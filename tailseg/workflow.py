@@ -24,7 +24,7 @@ from tailseg.model import model_multiple
 from tailseg.overlaps import apply_overlaps, overlap_groups, read_footprints
 from tailseg.sites import evaluate_sites, raster_row_areas
 from tailseg.split import PARTS, split_record
-from tailseg.train import train_model
+from tailseg.train import train_members
 from tailseg.tune import apply_best, tune
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ def run_training(split: dict, hyperparameters: dict, config: RunConfig):
     """Train with the chosen hyperparameters; returns (model, history dict, curves PNG)."""
     model_config, train_config = apply_best(config.resolved_model(), config.training,
                                             hyperparameters["best_params"])
-    result = train_model(chips_for(config, split["train"]), chips_for(config, split["val"]),
-                         model_config, train_config)
+    result = train_members(chips_for(config, split["train"]), chips_for(config, split["val"]),
+                           model_config, train_config)
     history = {"history": result.history, "best_epoch": result.best_epoch,
                "seconds": result.seconds, "chips_per_second": result.chips_per_second,
                "model": model_config.model_dump(), "training": train_config.model_dump(),
