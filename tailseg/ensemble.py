@@ -18,8 +18,8 @@ ENSEMBLE_NAME = "tailseg_ensemble"
 
 
 def average_models(models: list[keras.Model]) -> keras.Model:
-    """One model whose output is the mean of models' outputs (model itself for one); each
-    member is renamed member<i> (layer names must be unique within the ensemble).
+    """One model whose output is the mean of models' outputs (model itself for one); the
+    members are named member<i> within it (layer names must be unique).
 
     Raises:
         ValueError: no models.
@@ -28,11 +28,13 @@ def average_models(models: list[keras.Model]) -> keras.Model:
         raise ValueError("an ensemble needs at least one model")
     if len(models) == 1:
         return models[0]
-    for index, model in enumerate(models):
-        model.name = f"member{index}"
+    # Uncompiled views of the members (same layers and weights): a member saved with its
+    # training loss and metrics would need them registered to load, even with compile=False.
+    members = [keras.Model(model.inputs[0], model.outputs[0], name=f"member{index}")
+               for index, model in enumerate(models)]
     image = keras.Input(shape=(None, None, len(BANDS)), name="image")
     mean = keras.layers.Average(name="probability", dtype="float32")(
-        [model(image) for model in models])
+        [member(image) for member in members])
     return keras.Model(image, mean, name=ENSEMBLE_NAME)
 
 

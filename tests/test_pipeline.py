@@ -5,6 +5,7 @@ exported model evaluates through the CLI."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -166,3 +167,29 @@ def test_evaluate_cli_scores_the_export_with_each_backend(first_run, bundled_dat
     tta = json.loads(out.read_text())
     assert tta["tta"] is True and reports["base"]["tta"] is False
     assert tta["sites"]["sites_predicted"] == 0 and tta["sites"]["min_site_pixels"] == 1000000
+
+
+def test_an_ensemble_run_exports_one_model_averaging_its_members(data_dir, tmp_path,
+                                                                 zenml_home):
+    from pipelines.runner import run_pipeline
+    from tailseg.backends import load_predictor
+
+    config = write_config(tmp_path / "zenml.yaml", data_dir, tmp_path / "exports",
+                          training={**TINY["training"], "members": 2})
+    run = yaml.safe_load(config.read_text())
+    run["model"]["name"] = "tailseg-ensemble-test"  # versions of its own
+    config.write_text(yaml.safe_dump(run))
+    summary = run_pipeline("training", config)
+    assert summary["status"] == "completed" and summary["export"]["exported"]
+    schedules = summary["training"]["member_schedules"]
+    assert [s["seed"] for s in schedules] == [42, 43] and summary["training"]["members"] == 2
+    saved_model = Path(summary["export"]["saved_model"])
+    card = (saved_model / "assets.extra" / "model_card.md").read_text()
+    assert "Ensemble of 2 U-Nets" in card
+    metadata = json.loads((saved_model / "assets.extra" / "tailseg.json").read_text())
+    assert metadata["training_schedule"]["members"] == 2
+    image = np.random.default_rng(0).uniform(0.03, 0.3, (1, 64, 64, 3)).astype(np.float32)
+    tf_out = load_predictor(saved_model)(image)
+    onnx_out = load_predictor(summary["export"]["onnx"])(image)
+    assert tf_out.shape == (1, 64, 64, 1)
+    np.testing.assert_allclose(tf_out, onnx_out, atol=1e-4)
