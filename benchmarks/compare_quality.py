@@ -122,8 +122,9 @@ VARIANTS: dict[str, dict] = {
     # default's FLOPs per pixel (28.8 against 92.5 k) and the same number of weights.
     "depth_5_filters_8": {"model": {"base_filters": 8, "depth": 5}},
     # Three U-Nets per fold (seeds 42, 43, 44), their probabilities averaged
-    # (training.members): three times the training of the default. ensemble_cv.py measures
-    # the same kind of ensemble from saved runs of other seeds without training again.
+    # (training.members): with --epochs, three times the training of the default (with
+    # --minutes the members share each fold's budget). ensemble_cv.py measures the same kind
+    # of ensemble from saved runs of other seeds without training again.
     "members_3": {"members": 3},
 }
 SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
@@ -207,7 +208,9 @@ def write_run_record(directory: Path, folds: int, config) -> None:
               "val_fraction": config.data.val_fraction,
               "test_fraction": config.data.test_fraction,
               "data_dir": str(config.data.data_dir), "training_seed": config.training.seed,
-              "epochs": config.training.epochs}
+              "training_seeds": [config.training.seed + index
+                                 for index in range(config.training.members)],
+              "epochs": config.training.epochs, "minutes": config.training.max_minutes}
     (directory / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -116,7 +116,15 @@ def check_same_folds(members: dict[str, list[dict]]) -> None:
 
 
 def check_same_runs(records: dict[str, dict]) -> dict:
-    """The run.json entries every member shares (SAME), or an error naming the difference."""
+    """The run.json entries every member shares (SAME), or an error naming the difference;
+    runs that trained a U-Net with the same seed are refused (a model counted twice)."""
+    seen: dict[int, str] = {}
+    for name, record in records.items():
+        for seed in record.get("training_seeds", [record.get("training_seed")]):
+            if seed in seen:
+                raise SystemExit(f"{name} and {seen[seed]} both trained seed {seed}: an "
+                                 "ensemble of them would count that model twice")
+            seen[seed] = name
     (first_name, first), *others = records.items()
     for name, record in others:
         for key in SAME:

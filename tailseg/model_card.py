@@ -100,6 +100,19 @@ def _table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def _model_text(training: dict) -> str:
+    schedules = training.get("member_schedules") or []
+    if len(schedules) < 2:
+        return "U-Net"
+    return (f"Ensemble of {len(schedules)} U-Nets (seeds "
+            f"{', '.join(str(m['seed']) for m in schedules)}; the output is the mean of their "
+            "probabilities; each U-Net as below)")
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _schedule_text(training: dict) -> str:
     """Planned and run epochs, and whether the learning-rate decay completed."""
     budget = training.get("budget_minutes")
@@ -119,7 +132,7 @@ def _schedule_text(training: dict) -> str:
         members = "; ".join(
             f"seed {m['seed']}: {m.get('epochs_run')} of {m.get('planned_epochs')} planned "
             f"epochs, kept epoch {m.get('best_epoch')} (validation IoU "
-            f"{m.get('best_val_iou', float('nan')):.3f}), {m.get('stop_reason')}"
+            f"{_number(m.get('kept_val_iou'))}), {m.get('stop_reason')}"
             for m in schedules)
         budget_share = (f" and a {budget / len(schedules):g}-minute share of the budget"
                         if budget else "")
@@ -186,8 +199,8 @@ Mapping mining tailings (dams, ponds, spoil) in Sentinel-2 RGB top-of-atmosphere
 of Brazil, as a screening layer for analysts. Not a substitute for field inspection.
 
 ## Model
-U-Net, input `image` float32 [N, H, W, 3] reflectance in band order B2, B3, B4 (normalised
-inside the model), output `probability` [N, H, W, 1].
+{_model_text(training)}, input `image` float32 [N, H, W, 3] reflectance in band order B2, B3,
+B4 (normalised inside the model), output `probability` [N, H, W, 1].
 
 {_table(config.get("model", {}))}
 
@@ -202,7 +215,7 @@ Test chips: {", ".join(split.get("test", []))}.
 
 ## Training
 {_table({k: v for k, v in config.get("training", {}).items()
-         if k in ("epochs", "batch_size", "learning_rate", "loss", "crop_size")})}
+         if k in ("epochs", "batch_size", "learning_rate", "loss", "crop_size", "members")})}
 
 {_schedule_text(training)}
 

@@ -42,7 +42,7 @@ def seed_everything(seed: int) -> None:
 class TrainResult:
     model: keras.Model
     history: dict[str, list[float]]
-    best_epoch: int
+    best_epoch: int | list[int]  # an ensemble's: each member's
     seconds: float
     chips_per_second: float
     info: dict[str, float | int | str | bool | None] = field(default_factory=dict)
@@ -225,41 +225,65 @@ def train_model(train_chips: list[Chip], val_chips: list[Chip], model_config: Mo
                              "band_std": ",".join(f"{v:.5f}" for v in std)})
 
 
+# Per-member fields of train_model's info: lists in member order for an ensemble.
+MEMBER_FIELDS = ("planned_epochs", "max_epochs", "epochs_run", "seconds_per_epoch",
+                 "budget_limited", "final_learning_rate", "schedule_progress")
+# Over the members, the first of these that any member stopped for.
+STOP_PRECEDENCE = ("time_budget", "early_stopping", "completed")
+
+
 def train_members(train_chips: list[Chip], val_chips: list[Chip], model_config: ModelConfig,
                   config: TrainConfig, extra_callbacks: list | None = None,
                   plan: AccelerationPlan | None = None) -> TrainResult:
-    """config.members U-Nets (train_model each), member i with seed config.seed + i and an
-    equal share of the time budget, averaged into one model (tailseg.ensemble). With one
-    member, train_model itself.
+    """config.members U-Nets (train_model each), member i with seed config.seed + i, averaged
+    into one model (tailseg.ensemble). With one member, train_model itself.
 
-    The result's history, best epoch and schedule fields are the first member's (the training
-    curves show it); info["members"] counts the members, info["member_schedules"] holds each
-    one's seed, kept epoch and schedule, and stop_reason is "time_budget" when the budget cut
-    any member.
+    max_minutes is the whole ensemble's: member i gets min(max_minutes / members, time left /
+    members left), so a member that overran shortens the later ones and the total stays
+    within the budget (each member still runs the planner's two calibration epochs; a share
+    under three epochs is logged as a WARNING). extra_callbacks see every member's fit.
+
+    The result's info: "members", "member_schedules" (each member's seed, kept epoch, its
+    validation IoU and schedule), the per-member fields (MEMBER_FIELDS) as lists, the kept
+    epochs as best_epoch (a list), stop_reason over the members by STOP_PRECEDENCE, and
+    schedule_completed only when every member completed. history is the first member's.
     """
     if config.members == 1:
         return train_model(train_chips, val_chips, model_config, config, extra_callbacks, plan)
-    share = config.max_minutes / config.members if config.max_minutes else None
+    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else None
     results = []
     for index in range(config.members):
-        seed = config.seed + index
+        seed, share = config.seed + index, None
+        if deadline is not None:
+            left = max(deadline - time.monotonic(), 0.0) / 60
+            share = max(min(config.max_minutes / config.members,
+                            left / (config.members - index)), 1e-3)
         logger.info("training member %d of %d (seed %d%s)", index + 1, config.members, seed,
-                    f", {share:.1f} min budget" if share else "")
+                    f", {share:.1f} min of the budget" if share else "")
         member = config.model_copy(update={"seed": seed, "max_minutes": share})
         results.append(train_model(train_chips, val_chips, model_config, member,
                                    extra_callbacks, plan))
+        per_epoch = results[-1].info.get("seconds_per_epoch") or 0.0
+        if index == 0 and share and 3 * per_epoch > share * 60:
+            logger.warning("each of the %d members has %.1f min of training.max_minutes, under "
+                           "3 epochs of %.0f s: lower training.members or raise "
+                           "training.max_minutes", config.members, share, per_epoch)
     schedules = [{"seed": config.seed + index, "best_epoch": result.best_epoch,
-                  "best_val_iou": float(max(result.history.get(MONITOR, [float("nan")]))),
+                  "kept_val_iou": float(result.history[MONITOR][result.best_epoch - 1])
+                  if result.history.get(MONITOR) else None,
                   **training_schedule_summary(result.info), "seconds": round(result.seconds, 1)}
                  for index, result in enumerate(results)]
-    cut = any(schedule["stop_reason"] == "time_budget" for schedule in schedules)
-    first = results[0]
-    seconds = sum(result.seconds for result in results)
+    reasons = {schedule["stop_reason"] for schedule in schedules}
+    shared = {key: value for key, value in results[0].info.items() if key not in MEMBER_FIELDS}
     return TrainResult(
-        model=average_models([result.model for result in results]), history=first.history,
-        best_epoch=first.best_epoch, seconds=seconds,
+        model=average_models([result.model for result in results]),
+        history=results[0].history, best_epoch=[result.best_epoch for result in results],
+        seconds=sum(result.seconds for result in results),
         chips_per_second=float(np.mean([result.chips_per_second for result in results])),
-        info={**first.info, "members": config.members, "member_schedules": schedules,
+        info={**shared, **{key: [result.info.get(key) for result in results]
+                           for key in MEMBER_FIELDS},
+              "members": config.members, "member_schedules": schedules,
               "budget_minutes": config.max_minutes,  # the whole budget, shared by the members
-              "stop_reason": "time_budget" if cut else first.info["stop_reason"],
+              "stop_reason": next((reason for reason in STOP_PRECEDENCE if reason in reasons),
+                                  min(reasons)),
               "schedule_completed": all(s["schedule_completed"] for s in schedules)})

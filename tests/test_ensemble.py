@@ -113,9 +113,9 @@ def test_members_train_with_consecutive_seeds_and_share_the_budget(chips):
 
 
 SCHEDULES = [{"seed": 42, "epochs_run": 20, "planned_epochs": 20, "best_epoch": 15,
-              "best_val_iou": 0.41, "stop_reason": "completed"},
+              "kept_val_iou": 0.41, "stop_reason": "completed"},
              {"seed": 43, "epochs_run": 12, "planned_epochs": 20, "best_epoch": 9,
-              "best_val_iou": 0.38, "stop_reason": "time_budget"}]
+              "kept_val_iou": 0.38, "stop_reason": "time_budget"}]
 
 
 def test_the_card_and_the_console_name_every_member_and_a_cut_one():
@@ -135,3 +135,111 @@ def test_the_card_and_the_console_name_every_member_and_a_cut_one():
     assert "2 members, seed 42: 20 of 20 planned epochs, best epoch 15; seed 43: 12 of 20" \
         in report.replace("\n", " ")
     assert "WARNING: training was cut by the time budget" in report
+
+
+# --- how the members' results add up (train_model replaced by recorded results) ---------------
+
+class _Clock:
+    now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _fake_training(monkeypatch, runs: list[dict]):
+    """train_model returning runs[i] for member i, each spending runs[i]["seconds"] on a fake
+    clock; returns the configs the members were trained with."""
+    import types
+
+    import tailseg.train as train
+
+    clock, seen = _Clock(), []
+
+    def fake(train_chips, val_chips, model_config, config, extra_callbacks=None, plan=None):
+        run = runs[len(seen)]
+        seen.append(config)
+        clock.now += run["seconds"]
+        return train.TrainResult(
+            model=_unet(len(seen)), history={"val_iou": run["val_iou"]},
+            best_epoch=run["best_epoch"], seconds=run["seconds"], chips_per_second=1.0,
+            info={"planned_epochs": run["planned"], "epochs_run": len(run["val_iou"]),
+                  "max_epochs": 60, "stop_reason": run["stop"],
+                  "schedule_completed": run["stop"] == "completed",
+                  "seconds_per_epoch": run["seconds"] / len(run["val_iou"]),
+                  "restore_from": 0.5})
+
+    monkeypatch.setattr(train, "train_model", fake)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    return seen
+
+
+RUNS = [{"seconds": 300.0, "val_iou": [0.5, 0.2, 0.3], "best_epoch": 3, "planned": 3,
+         "stop": "completed"},
+        {"seconds": 100.0, "val_iou": [0.1, 0.4], "best_epoch": 2, "planned": 3,
+         "stop": "early_stopping"},
+        {"seconds": 200.0, "val_iou": [0.2, 0.3], "best_epoch": 2, "planned": 4,
+         "stop": "completed"}]
+
+
+def test_the_ensemble_record_lists_each_member_and_the_worst_stop(monkeypatch):
+    from tailseg.train import train_members
+
+    _fake_training(monkeypatch, RUNS)
+    result = train_members([], [], ModelConfig(), TrainConfig(members=3))
+    schedules = result.info["member_schedules"]
+    # The kept epoch's validation IoU (restore_from can keep another than the best).
+    assert [s["kept_val_iou"] for s in schedules] == [0.3, 0.4, 0.3]
+    assert result.best_epoch == [3, 2, 2] and result.seconds == 600.0
+    assert result.info["epochs_run"] == [3, 2, 2] and result.info["planned_epochs"] == [3, 3, 4]
+    assert result.info["stop_reason"] == "early_stopping"  # in any member's position
+    assert result.info["schedule_completed"] is False
+    assert result.info["restore_from"] == 0.5  # shared fields stay scalars
+
+
+def test_a_member_cut_by_the_budget_marks_the_ensemble_cut(monkeypatch):
+    from tailseg.train import train_members
+
+    cut = {**RUNS[0], "stop": "time_budget"}
+    _fake_training(monkeypatch, [RUNS[2], cut])
+    result = train_members([], [], ModelConfig(), TrainConfig(members=2, max_minutes=20))
+    assert result.info["stop_reason"] == "time_budget"
+    assert result.info["schedule_completed"] is False
+
+
+def test_members_share_what_is_left_of_the_budget(monkeypatch, caplog):
+    from tailseg.train import train_members
+
+    # 30 minutes for 3 members: 10 each; the first overran to 15 (900 s), so the other two
+    # share the 15 left (7.5 each); on time, the last gets its 10 again at most.
+    runs = [{**RUNS[0], "seconds": 900.0}, {**RUNS[1], "seconds": 300.0}, RUNS[2]]
+    seen = _fake_training(monkeypatch, runs)
+    train_members([], [], ModelConfig(), TrainConfig(members=3, max_minutes=30))
+    assert [config.max_minutes for config in seen] == [10.0, 7.5, 10.0]
+    assert [config.seed for config in seen] == [42, 43, 44]
+    # A share that fits under three epochs of the first member is named.
+    seen = _fake_training(monkeypatch, [{**RUNS[0], "seconds": 300.0}, RUNS[1]])
+    with caplog.at_level("WARNING"):
+        train_members([], [], ModelConfig(), TrainConfig(members=2, max_minutes=8))
+    assert "lower training.members or raise training.max_minutes" in caplog.text
+
+
+def test_served_members_run_one_after_another():
+    # In parallel, their activations add up: 650-890 bytes per pixel for 2-3 members against
+    # about 400 for one U-Net, past the serving sizing (docs/serving.md). One at a time, each
+    # member's input waits for the previous member's output.
+    from tailseg.export import serving_function
+
+    ensemble = average_models([_unet(1), _unet(2), _unet(3)])
+    graph = serving_function(ensemble, model_multiple(ensemble)).get_concrete_function().graph
+    inputs = [op for op in graph.get_operations() if op.name.startswith("member_input")]
+    assert len(inputs) == 3
+    assert inputs[0].control_inputs == [] and all(op.control_inputs for op in inputs[1:])
+
+
+def test_the_artifact_metadata_counts_members_and_their_layers(tmp_path):
+    from steps.materializers.keras_model import KerasModelMaterializer
+
+    members = [_unet(1), _unet(2)]
+    metadata = KerasModelMaterializer(str(tmp_path)).extract_metadata(average_models(members))
+    assert metadata["members"] == 2
+    assert metadata["layers"] == 2 * len(members[0].layers)

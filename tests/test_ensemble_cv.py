@@ -121,10 +121,14 @@ def test_a_run_loads_only_its_own_complete_folds(tmp_path):
 def test_runs_scored_on_other_labels_or_folds_are_refused():
     record = {"folds": 5, "overlaps": "merge", "data_seed": 42, "val_fraction": 0.15,
               "test_fraction": 0.1}
-    assert check_same_runs({"a": record, "b": {**record, "training_seed": 7}}) == record
+    a = {**record, "training_seed": 42}
+    assert check_same_runs({"a": a, "b": {**record, "training_seed": 7}}) == record
     for key, other in (("overlaps", "group"), ("folds", 4), ("data_seed", 7)):
         with pytest.raises(SystemExit, match=f"b: {key}"):
-            check_same_runs({"a": record, "b": {**record, key: other}})
+            check_same_runs({"a": a, "b": {**record, "training_seed": 7, key: other}})
+    # A members run of seeds 42-44 holds seed 42's model already.
+    with pytest.raises(SystemExit, match="both trained seed 42"):
+        check_same_runs({"a": a, "m": {**record, "training_seeds": [42, 43, 44]}})
 
 
 def test_a_chip_tested_in_two_folds_is_refused():

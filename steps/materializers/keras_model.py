@@ -11,6 +11,8 @@ from zenml.enums import ArtifactType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
+from tailseg.ensemble import members_of
+
 FILENAME = "model.keras"
 
 
@@ -31,5 +33,7 @@ class KerasModelMaterializer(BaseMaterializer):
             fileio.copy(local, os.path.join(self.uri, FILENAME), overwrite=True)
 
     def extract_metadata(self, data: keras.Model) -> dict[str, Any]:
-        return {"parameters": int(data.count_params()), "layers": len(data.layers),
+        members = members_of(data)
+        return {"parameters": int(data.count_params()), "members": len(members),
+                "layers": sum(len(member.layers) for member in members),
                 "input_shape": str(data.input_shape), "output_shape": str(data.output_shape)}

@@ -24,6 +24,8 @@ def model_trainer(data_split: dict, best_hyperparameters: dict, config: RunConfi
                   "schedule_completed": history["schedule_completed"],
                   "train_seconds": history["seconds"],
                   "chips_per_second": history["chips_per_second"],
-                  "best_val_iou": max(history["history"]["val_iou"]),
+                  "best_val_iou": ([m["kept_val_iou"] for m in history["member_schedules"]]
+                                   if "member_schedules" in history
+                                   else max(history["history"]["val_iou"])),
                   "members": history.get("members", 1)})
     return model, history, curves
