@@ -39,12 +39,20 @@ BASE_SEED = "base"  # the label of a run with the configuration's own seed (trai
 OPTION_SEED = re.compile(r"^(?P<option>.+)_seed_(?P<seed>\d+)$")
 
 
-def collect(paths: list[Path], folds: int, epochs: int) -> dict[str, dict]:
-    """Each variant's pooled IoU and per-fold IoU from the result files of this protocol."""
+def collect(paths: list[Path], folds: int, epochs: int, overlaps: str = "ignore",
+            cpu_model: str | None = None) -> dict[str, dict]:
+    """Each variant's pooled IoU and per-fold IoU from the result files of this protocol:
+    folds, epochs per fold, the labels (overlaps; files from before grouping have none and
+    count as "ignore") and, when given, the CPU model (the same seed trains another model on
+    another CPU: oneDNN's rounding differs)."""
     found: dict[str, dict] = {}
     for path in paths:
         payload = json.loads(path.read_text())
         if (payload.get("folds"), payload.get("epochs_per_fold")) != (folds, epochs):
+            continue
+        if payload.get("overlaps", "ignore") != overlaps:
+            continue
+        if cpu_model and (payload.get("cpu") or {}).get("model") != cpu_model:
             continue
         if payload.get("minutes_per_fold") is not None:
             continue  # a budget-planned run: its epochs depend on the machine's load
@@ -176,12 +184,18 @@ def main() -> None:
                              "results/superseded/)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--overlaps", choices=["merge", "group", "ignore"], default="ignore",
+                        help="Labels of the runs compared (default: %(default)s, the runs "
+                             "before chips sharing ground were grouped)")
+    parser.add_argument("--cpu-model", default=None,
+                        help="Only runs on this CPU model (results' cpu.model)")
     parser.add_argument("--out", default="seed_noise",
                         help="A name under benchmarks/results/ or a path ending in .json")
     args = parser.parse_args()
     paths = args.paths or sorted(RESULTS.glob("quality_cv*.json"))
     try:
-        result = summary(collect(paths, args.folds, args.epochs))
+        result = summary(collect(paths, args.folds, args.epochs, args.overlaps,
+                                 args.cpu_model))
     except ValueError as error:
         parser.error(str(error))
     write_result(args.out, {"folds": args.folds, "epochs_per_fold": args.epochs,

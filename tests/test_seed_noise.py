@@ -18,9 +18,9 @@ from benchmarks.seed_noise import (
 
 
 def _write(path, variants: dict[str, tuple[float, list[float]]], folds=5, epochs=12,
-           minutes=None):
+           minutes=None, **extra):
     path.write_text(json.dumps({
-        "folds": folds, "epochs_per_fold": epochs, "minutes_per_fold": minutes,
+        "folds": folds, "epochs_per_fold": epochs, "minutes_per_fold": minutes, **extra,
         "variants": {name: {"plain": {"pooled": {"iou": pooled}, "per_fold_iou": per_fold}}
                      for name, (pooled, per_fold) in variants.items()}}))
     return path
@@ -154,3 +154,16 @@ def test_an_option_that_spreads_over_its_seeds_needs_a_larger_gain(tmp_path):
     assert option["gain"] == pytest.approx(0.03)
     assert option["standard_error"] == pytest.approx(0.0183, abs=1e-4)
     assert option["beyond_noise"] is False
+
+
+def test_runs_on_other_labels_or_another_cpu_are_another_protocol(tmp_path):
+    folds = [0.3] * 5
+    paths = [_write(tmp_path / "a.json", {"default": (0.31, folds)}),
+             _write(tmp_path / "m.json", {"default": (0.43, folds)}, overlaps="merge",
+                    cpu={"model": "AMD EPYC"}),
+             _write(tmp_path / "i.json", {"default": (0.45, folds)}, overlaps="merge",
+                    cpu={"model": "Intel(R) Xeon(R) Processor"})]
+    assert collect(paths, folds=5, epochs=12)["default"]["file"] == "a.json"
+    assert collect(paths, 5, 12, "merge", "AMD EPYC")["default"]["pooled_iou"] == 0.43
+    with pytest.raises(ValueError, match="not one protocol"):
+        collect(paths, 5, 12, "merge")  # one seed, two CPUs: two runs
