@@ -312,13 +312,22 @@ def run_variant(config, chips, holdout, row_areas, folds: int, min_ha: float,
                                     option_min)
         report[name]["holdout_ensemble"] = {**scores(held), "threshold": thresholds[tta],
                                             "sites": site_scores(held_sites)}
-    for name, apply in SITE_FILTERS.items():  # the plain predictions, the minimum site size
-        pair = pick_site_filter(name, *oof[False], row_areas, min_ha)
-        held, held_sites, _ = score_masks(holdout, [apply(p, *pair) for p in ensembles[False]],
+    # The plain predictions, with the minimum site size.
+    site_filters_on_holdout(report, *oof[False], holdout, ensembles[False], row_areas, min_ha)
+    return report
+
+
+def site_filters_on_holdout(report: dict, oof_chips: list, oof_probabilities: list,
+                            holdout: list, probabilities: list, row_areas: dict,
+                            min_ha: float) -> None:
+    """Each site filter's "holdout_ensemble" in report: its parameters picked on the pooled
+    out-of-fold chips, applied to the held-out chips' ensemble probabilities."""
+    for name, apply in SITE_FILTERS.items():
+        pair = pick_site_filter(name, oof_chips, oof_probabilities, row_areas, min_ha)
+        held, held_sites, _ = score_masks(holdout, [apply(p, *pair) for p in probabilities],
                                           row_areas, min_ha)
         report[name]["holdout_ensemble"] = {**scores(held), "threshold": list(pair),
                                             "sites": site_scores(held_sites)}
-    return report
 
 
 def main() -> None:

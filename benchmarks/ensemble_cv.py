@@ -41,6 +41,7 @@ from benchmarks.compare_quality import (  # noqa: E402
     protocol_chips,
     score,
     score_masks,
+    site_filters_on_holdout,
     summarise,
     variant_config,
 )
@@ -184,12 +185,8 @@ def cross_validate(members: list[list[dict]], chips: dict, holdout: list, row_ar
         held, held_sites, _ = score(holdout, everything, threshold, row_areas, option_min)
         report[name]["holdout_ensemble"] = {**scores(held), "threshold": threshold,
                                             "sites": site_scores(held_sites)}
-    for name, apply in SITE_FILTERS.items():  # parameters from the pooled out-of-fold chips
-        pair = pick_site_filter(name, oof_chips, oof_probabilities, row_areas, min_ha)
-        held, held_sites, _ = score_masks(holdout, [apply(p, *pair) for p in everything],
-                                          row_areas, min_ha)
-        report[name]["holdout_ensemble"] = {**scores(held), "threshold": list(pair),
-                                            "sites": site_scores(held_sites)}
+    site_filters_on_holdout(report, oof_chips, oof_probabilities, holdout, everything,
+                            row_areas, min_ha)
     return report
 
 
