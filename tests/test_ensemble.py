@@ -44,9 +44,8 @@ def test_the_ensemble_outputs_the_mean_of_its_members_and_keeps_their_rules():
 
 
 def test_an_ensemble_exports_keeps_parity_and_reloads_as_the_same_model(tmp_path):
-    from tailseg.serving.parity import check_parity
-
     from tailseg.config import TrainConfig
+    from tailseg.serving.parity import check_parity
     from tailseg.train import compile_model
 
     members = [_unet(1), _unet(2)]
